@@ -1,0 +1,77 @@
+"""optdse-serve: wire flags, model, gRPC and REST together, and shut down cleanly.
+
+Start-up order follows tensorflow_model_server: bind the ports, then load the model, so a
+client polling GetModelStatus sees LOADING and then AVAILABLE. SIGTERM and SIGINT stop the
+server gracefully (in-flight requests get up to a second to finish).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+from serving.flags import ServerFlags, parse_flags
+from serving.tensorflow_import import import_tensorflow
+
+log = logging.getLogger("optdse-serve")
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def serve(flags: ServerFlags) -> int:
+    import_tensorflow(without_keras=True)
+    from serving.grpc_api import start_grpc
+    from serving.model_server import ModelServer
+    from serving.rest import start_rest
+
+    model = ModelServer(flags.model_name, flags.model_base_path, flags.batching,
+                        flags.intra_op_threads, flags.inter_op_threads)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        grpc_server, grpc_port = start_grpc(model, _address(flags.host, flags.port),
+                                            flags.grpc_max_threads, flags.max_request_bytes)
+    except (OSError, RuntimeError) as error:
+        log.error("cannot listen for gRPC on %s: %s", _address(flags.host, flags.port), error)
+        return 1
+    rest_server = None
+    try:
+        if flags.rest_api_port:
+            rest_server = start_rest(model, flags.host, flags.rest_api_port, flags.max_request_bytes)
+        log.info("gRPC on %s%s", _address(flags.host, grpc_port),
+                 f", REST on {_address(flags.host, flags.rest_api_port)}" if rest_server else "")
+        try:
+            model.load()
+        except Exception as error:  # noqa: BLE001 - report any load failure as one line
+            log.error("failed to load model %s: %s", flags.model_name, error)
+            return 1
+        print(f"optdse-serve: serving {flags.model_name} version {model.version} on "
+              f"{_address(flags.host, grpc_port)}", flush=True)
+        while not stop.wait(timeout=1.0):
+            pass
+        log.info("shutting down")
+        return 0
+    except OSError as error:
+        log.error("cannot listen for REST on %s: %s", _address(flags.host, flags.rest_api_port), error)
+        return 1
+    finally:
+        grpc_server.stop(grace=1.0).wait()
+        if rest_server is not None:
+            rest_server.shutdown()
+            rest_server.server_close()
+        model.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s optdse-serve %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    return serve(parse_flags(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

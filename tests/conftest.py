@@ -1,0 +1,30 @@
+"""Shared fixtures: one exported MNIST model and real optdse-serve processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.serving_process import ServerProcess, export_mnist
+
+
+@pytest.fixture(scope="session")
+def mnist_base_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model exported through the real CLI, as a user would make it."""
+    base = tmp_path_factory.mktemp("models") / "mnist"
+    result = export_mnist(base)
+    assert result.returncode == 0, result.stderr
+    return base
+
+
+@pytest.fixture(scope="session")
+def server(mnist_base_path: Path) -> Iterator[ServerProcess]:
+    """An MNIST server with REST on, and a 1 MiB request limit for the oversize tests."""
+    process = ServerProcess(mnist_base_path, "mnist", True, "--max_request_bytes=1048576")
+    try:
+        process.wait_available()
+        yield process
+    finally:
+        assert process.stop() == 0, process.log()

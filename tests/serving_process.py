@@ -1,0 +1,112 @@
+"""Start and stop real optdse-serve processes for tests and benchmarks.
+
+Each server is a child process on 127.0.0.1 with ports picked free by the OS; it is stopped
+by its own pid (SIGTERM, then SIGKILL after a grace period), never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from serving.tensorflow_import import import_tensorflow
+
+import_tensorflow()
+from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc  # noqa: E402
+
+AVAILABLE = 30
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve_command() -> list[str]:
+    """The installed console script, or the module when running from a bare checkout."""
+    script = Path(sys.executable).parent / "optdse-serve"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "serving.server"]
+
+
+class ServerProcess:
+    def __init__(self, model_base_path: Path, model_name: str = "mnist", rest: bool = True, *extra: str) -> None:
+        self.model_name = model_name
+        self.port = free_port()
+        self.rest_port = free_port() if rest else 0
+        self.args = [
+            *serve_command(), f"--port={self.port}", f"--rest_api_port={self.rest_port}",
+            f"--model_name={model_name}", f"--model_base_path={model_base_path}", *extra,
+        ]
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"optdse-serve-{self.port}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT)
+        # Short reconnect backoff: the port opens seconds after start, and gRPC's default
+        # 1 s backoff after the first refused connection would hide the LOADING state.
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}", options=[
+            ("grpc.initial_reconnect_backoff_ms", 10),
+            ("grpc.min_reconnect_backoff_ms", 10),
+            ("grpc.max_reconnect_backoff_ms", 50),
+        ])
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    def wait_available(self, timeout: float = 120.0) -> list[int]:
+        """Poll GetModelStatus until AVAILABLE; returns every state seen, in order."""
+        stub = model_service_pb2_grpc.ModelServiceStub(self.channel)
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = self.model_name
+        seen: list[int] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"optdse-serve exited with {self.process.returncode}: {self.log()}")
+            try:
+                state = stub.GetModelStatus(request, timeout=1.0).model_version_status[0].state
+            except grpc.RpcError:
+                time.sleep(0.005)
+                continue
+            if not seen or seen[-1] != state:
+                seen.append(state)
+            if state == AVAILABLE:
+                return seen
+            time.sleep(0.002)
+        raise TimeoutError(f"optdse-serve not AVAILABLE after {timeout}s: {self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def stop(self) -> int:
+        self.channel.close()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+def optdse_command() -> list[str]:
+    script = Path(sys.executable).parent / "optdse"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "optdse.cli"]
+
+
+def export_mnist(output: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*optdse_command(), "model", "export", "mnist", "--output", str(output), *extra],
+                          capture_output=True, text=True, timeout=600)
+
+
+__all__ = ["ServerProcess", "export_mnist", "free_port"]
