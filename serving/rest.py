@@ -48,6 +48,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._serve("POST")
 
+    def _method_not_allowed(self) -> None:
+        self.close_connection = True  # any body stays unread
+        self._reply(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"method {self.command} is not supported; use GET or POST"})
+
+    do_PUT = do_DELETE = do_PATCH = do_HEAD = _method_not_allowed
+
     def _serve(self, method: str) -> None:
         try:
             body = self._read_body() if method == "POST" else b""
