@@ -12,6 +12,7 @@ import binascii
 import json
 import logging
 import re
+import socket
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -269,8 +270,6 @@ class RestServer(ThreadingHTTPServer):
 
 
 def _family(host: str) -> int:
-    import socket
-
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 

@@ -83,3 +83,10 @@ def test_bad_batching_parameters(text: str, mentions: str) -> None:
     with pytest.raises(ValueError, match=mentions) as raised:
         parse_batching_parameters(text, source="params.txt")
     assert str(raised.value).startswith("params.txt")
+
+
+def test_port_in_use_is_reported_not_shared(server, mnist_base_path: Path) -> None:
+    """gRPC's SO_REUSEPORT is off: a second server must not silently share a busy port."""
+    result = run_serve(f"--port={server.port}", "--model_name=mnist", f"--model_base_path={mnist_base_path}")
+    assert result.returncode == 1
+    assert "cannot listen for gRPC" in result.stderr and "Traceback" not in result.stderr
