@@ -83,10 +83,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name = servable.name
         response.model_spec.version.value = servable.version
-        signature_map = get_model_metadata_pb2.SignatureDefMap()
-        for key, signature_def in servable.signature_defs.items():
-            signature_map.signature_def[key].CopyFrom(signature_def)
-        response.metadata["signature_def"].Pack(signature_map)
+        response.metadata["signature_def"].Pack(servable.signature_def_map())
         return response
 
     def _unimplemented(self, what: str) -> None:

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 from google.protobuf import json_format
-from tensorflow_serving.apis import get_model_metadata_pb2
 
 from serving import codecs
 from serving.errors import InvalidArgument, NotFound, RequestTooLarge, ServingError, Unimplemented
@@ -125,12 +124,10 @@ def _status_json(model: ModelServer, name: str, version: int | None) -> dict[str
 
 def _metadata_json(model: ModelServer, name: str, version: int | None) -> dict[str, Any]:
     servable = model.servable(name, version)
-    signature_map = get_model_metadata_pb2.SignatureDefMap()
-    for key, signature_def in servable.signature_defs.items():
-        signature_map.signature_def[key].CopyFrom(signature_def)
     return {
         "model_spec": {"name": servable.name, "signature_name": "", "version": str(servable.version)},
-        "metadata": {"signature_def": json_format.MessageToDict(signature_map, preserving_proto_field_name=True)},
+        "metadata": {"signature_def": json_format.MessageToDict(servable.signature_def_map(),
+                                                                  preserving_proto_field_name=True)},
     }
 
 
@@ -187,12 +184,7 @@ _ACCEPTED_KINDS = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
 
 
 def _to_array(value: Any, signature: Signature, alias: str) -> np.ndarray:
-    spec = signature.inputs.get(alias)
-    if spec is None:
-        raise InvalidArgument(
-            f"input tensor alias not found in signature: {alias}. "
-            f"Inputs expected to be in the set {{{', '.join(sorted(signature.inputs))}}}."
-        )
+    spec = signature.input(alias)
     dtype = codecs.numpy_dtype(spec.dtype)
     if dtype == object:
         return _strings_array(value, alias)

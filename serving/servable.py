@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2
 
 from serving import codecs
 from serving.errors import InvalidArgument, ServingError, from_tf_error
@@ -72,13 +73,18 @@ class Signature:
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
 
-    def check_inputs(self, inputs: dict[str, np.ndarray]) -> None:
-        unknown = sorted(set(inputs) - set(self.inputs))
-        if unknown:
+    def input(self, alias: str) -> TensorSpec:
+        """The input named `alias`; InvalidArgument listing the inputs there are."""
+        if alias not in self.inputs:
             raise InvalidArgument(
-                f"input tensor alias not found in signature: {', '.join(unknown)}. "
+                f"input tensor alias not found in signature: {alias}. "
                 f"Inputs expected to be in the set {{{', '.join(sorted(self.inputs))}}}."
             )
+        return self.inputs[alias]
+
+    def check_inputs(self, inputs: dict[str, np.ndarray]) -> None:
+        for alias in sorted(set(inputs) - set(self.inputs)):
+            self.input(alias)  # raises for the first unknown alias
         missing = sorted(set(self.inputs) - set(inputs))
         if missing:
             raise InvalidArgument(
@@ -144,6 +150,10 @@ class Servable:
         self._callables: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Callable[..., list[np.ndarray]]] = {}
         self._callables_lock = threading.Lock()
         self._op_error = tf.errors.OpError
+
+    def signature_def_map(self) -> get_model_metadata_pb2.SignatureDefMap:
+        """All SignatureDefs, as TF Serving packs them into GetModelMetadata's metadata."""
+        return get_model_metadata_pb2.SignatureDefMap(signature_def=self.signature_defs)
 
     def signature(self, name: str) -> Signature:
         key = name or DEFAULT_SIGNATURE
