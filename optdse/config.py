@@ -1,0 +1,42 @@
+"""One configuration of the design space, split the way the system is: server and client.
+
+The backend sees only `ServerConfig` (so a change of client parameters never redeploys), the
+load generator only `ClientConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What is deployed: `replicas` optdse-serve replicas of `model`, each limited to
+    `cpus` cores (a CFS quota, not pinning) and `memory_mb` MiB."""
+
+    model: str
+    replicas: int
+    cpus: float
+    memory_mb: int
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """How it is loaded: `threads` closed-loop client threads send `requests` Predict calls in
+    total, each carrying `file_size` units of the model's input (MNIST: images)."""
+
+    threads: int
+    file_size: int
+    requests: int
+    warmup_fraction: float = 0.1
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig
+    client: ClientConfig
+
+    def describe(self) -> str:
+        s, c = self.server, self.client
+        return (f"{s.replicas} x {s.model} ({s.cpus:g} CPU, {s.memory_mb} MB), "
+                f"{c.threads} threads, file size {c.file_size}, {c.requests} requests")

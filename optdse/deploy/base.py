@@ -1,0 +1,81 @@
+"""The contract every backend (local, later docker and swarm) fulfils.
+
+The study loop calls `apply` once per trial with the server side of the configuration; a
+backend reuses what is running when nothing server-side changed, rewrites limits in place
+when only CPU/memory changed, and adds or removes replicas when only the count changed.
+It never knows about Optuna.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from optdse.config import ServerConfig
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where one replica's gRPC API listens (always loopback here)."""
+
+    replica: int
+    host: str
+    port: int
+
+    @property
+    def target(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ResourceSample:
+    """Cumulative CPU seconds and current memory of each replica at one instant.
+
+    `time` is `time.perf_counter()` in the sampling process; on Linux that is CLOCK_MONOTONIC,
+    shared by all processes, so it lines up with the load generator's request timestamps.
+    """
+
+    time: float
+    cpu_seconds: tuple[float, ...]
+    memory_bytes: tuple[int, ...]
+
+
+class DeployError(RuntimeError):
+    """A configuration could not be deployed or a replica died; `reason` is a short tag
+    (OOM, exited, timeout, limits) recorded with the failed trial."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+class Backend(Protocol):
+    name: str
+    #: False when limits could not be applied (e.g. cgroups not writable); recorded per trial.
+    limits_enforced: bool
+    #: How ACU is read: "cgroup v1", "cgroup v2", "psutil", ...
+    accounting: str
+
+    def apply(self, server: ServerConfig) -> list[Endpoint]:
+        """Make the deployment match `server`; return its endpoints once every replica is ready."""
+        ...
+
+    def usage(self) -> ResourceSample:
+        """CPU and memory of the current replicas now (cheap: called several times a second)."""
+        ...
+
+    def memory_peaks(self) -> tuple[int, ...]:
+        """Peak memory (bytes) of each replica since it was deployed or since `reset_peaks`."""
+        ...
+
+    def reset_peaks(self) -> None:
+        ...
+
+    def check(self) -> None:
+        """Raise DeployError if a replica died (with the reason, e.g. OOM)."""
+        ...
+
+    def close(self) -> None:
+        """Stop and remove everything this backend started. Safe to call twice."""
+        ...

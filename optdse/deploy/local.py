@@ -1,0 +1,261 @@
+"""The embedded default backend: replicas are optdse-serve processes on 127.0.0.1.
+
+Each replica runs in its own cgroup with a CPU quota and a memory limit. The memory limit
+holds from the replica's first instruction (a replica that cannot even load the model is
+OOM-killed, and the trial records that); the CPU quota is applied once the replica is
+AVAILABLE, because loading TensorFlow under a 0.1-core quota would take a minute per trial
+and is not what the study measures. Where cgroups are not writable, the backend says so once
+and runs without limits; every trial then records `limits_enforced=False`.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import psutil
+
+from optdse.config import ServerConfig
+from optdse.deploy.base import DeployError, Endpoint, ResourceSample
+from optdse.deploy.cgroups import Cgroup, CgroupDriver
+from optdse.deploy.runs import Run
+from optdse.protos import STATUS_AVAILABLE, get_model_status_pb2, model_service_pb2_grpc
+
+HOST = "127.0.0.1"
+
+
+def serve_command() -> list[str]:
+    """The installed console script beside this interpreter, or the module from a checkout."""
+    script = Path(sys.executable).parent / "optdse-serve"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "serving.server"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_available(target: str, model: str, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
+    """Poll GetModelStatus on `target` until the model is AVAILABLE.
+
+    Short reconnect backoff: the port opens seconds after start, and gRPC's default 1 s
+    backoff after a refused connection would add up to a second to every deployment."""
+    options = [("grpc.initial_reconnect_backoff_ms", 20), ("grpc.min_reconnect_backoff_ms", 20),
+               ("grpc.max_reconnect_backoff_ms", 100)]
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = model
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target, options=options) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        while time.monotonic() < deadline:
+            if not alive():
+                raise ChildProcessError(target)
+            try:
+                status = stub.GetModelStatus(request, timeout=1.0)
+                if any(v.state == STATUS_AVAILABLE for v in status.model_version_status):
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.02)
+    raise TimeoutError(f"{model} on {target} not AVAILABLE after {timeout:g} s")
+
+
+class Replica:
+    """One optdse-serve process, its port, its cgroup (or None) and its log."""
+
+    def __init__(self, name: str, model: str, model_base_path: Path, memory_mb: int,
+                 cgroup: Cgroup | None, run: Run) -> None:
+        self.name, self.model, self.cgroup, self.run = name, model, cgroup, run
+        self.port = free_port()
+        self.memory_mb = memory_mb
+        self.cpus: float | None = None
+        self.log_path = run.directory / f"{name}.log"
+        command = [*serve_command(), f"--port={self.port}", "--rest_api_port=0", f"--host={HOST}",
+                   f"--model_name={model}", f"--model_base_path={model_base_path}"]
+        if cgroup is not None:
+            cgroup.create()
+            cgroup.set_cpus(None)
+            cgroup.set_memory(memory_mb)
+            command = cgroup.wrap(command)
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        run.record_replica(name, self.process.pid, self.port, cgroup.relative if cgroup else None)
+        self._psutil = psutil.Process(self.process.pid)
+        self._psutil_peak = 0
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(replica=int(self.name.rsplit("-", 1)[1]), host=HOST, port=self.port)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def failure(self) -> DeployError:
+        """Why this replica is dead, as precisely as the kernel tells."""
+        code = self.process.poll()
+        if self.cgroup is not None and self.cgroup.oom_kills() > 0:
+            return DeployError("OOM", f"{self.name} was killed by its {self.memory_mb} MB memory limit "
+                                      f"(exit {code})")
+        if code == 97:
+            return DeployError("limits", f"{self.name} could not join its cgroup {self.cgroup and self.cgroup.relative}")
+        return DeployError("exited", f"{self.name} exited with {code}: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 3) -> str:
+        try:
+            return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def cpu_seconds(self) -> float:
+        if self.cgroup is not None:
+            return self.cgroup.cpu_seconds()
+        try:
+            times = self._psutil.cpu_times()
+            return times.user + times.system + times.children_user + times.children_system
+        except psutil.Error:
+            return 0.0
+
+    def memory_bytes(self) -> int:
+        if self.cgroup is not None:
+            return self.cgroup.memory_bytes()
+        try:
+            rss = int(self._psutil.memory_info().rss)
+        except psutil.Error:
+            return 0
+        self._psutil_peak = max(self._psutil_peak, rss)
+        return rss
+
+    def memory_peak(self) -> int:
+        peak = self.cgroup.memory_peak() if self.cgroup is not None else None
+        return peak if peak is not None else self._psutil_peak
+
+    def set_limits(self, cpus: float, memory_mb: int) -> None:
+        if self.cgroup is not None:
+            if memory_mb != self.memory_mb:
+                self.cgroup.set_memory(memory_mb)
+            if cpus != self.cpus:
+                self.cgroup.set_cpus(cpus)
+        self.cpus, self.memory_mb = cpus, memory_mb
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM (the server drains), SIGKILL after `grace`; then remove the cgroup."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.cgroup is not None:
+            self.cgroup.remove()
+        self.run.forget_replica(self.name)
+
+
+class LocalBackend:
+    """Replicas as local processes; see the module docstring for the limits' timing."""
+
+    name = "local"
+
+    def __init__(self, model_base_path: Path, warn: Callable[[str], None] = print,
+                 ready_timeout: float = 180.0) -> None:
+        self.model_base_path = model_base_path
+        self.ready_timeout = ready_timeout
+        self.run = Run.start()
+        self.driver, why_not = CgroupDriver.detect()
+        self.limits_enforced = self.driver is not None
+        self.accounting = f"cgroup v{self.driver.version}" if self.driver else "psutil"
+        if self.driver is None:
+            warn(f"cgroups are not writable ({why_not}): replicas run WITHOUT CPU or memory limits, "
+                 "and ACU comes from psutil")
+        self.replicas: list[Replica] = []
+        self.current: ServerConfig | None = None
+        self._next_index = 0
+
+    def apply(self, server: ServerConfig) -> list[Endpoint]:
+        if self.current is not None and self.current.model != server.model:
+            self._stop_all()
+        while len(self.replicas) > server.replicas:
+            self.replicas.pop().stop()
+        for replica in list(self.replicas):
+            try:
+                replica.set_limits(server.cpus, server.memory_mb)
+            except OSError:
+                # The kernel refuses a memory limit below what the replica uses now (EBUSY):
+                # start it afresh under the new limit instead.
+                replica.stop()
+                self.replicas.remove(replica)
+        self._start(server, server.replicas - len(self.replicas))
+        self.current = server
+        self.check()
+        return [replica.endpoint for replica in self.replicas]
+
+    def _start(self, server: ServerConfig, count: int) -> None:
+        started = []
+        try:
+            for _ in range(count):
+                name = f"replica-{self._next_index}"
+                self._next_index += 1
+                cgroup = self.driver.group(self.run.run_id, name) if self.driver else None
+                started.append(Replica(name, server.model, self.model_base_path, server.memory_mb, cgroup, self.run))
+            for replica in started:
+                try:
+                    wait_available(replica.endpoint.target, server.model, self.ready_timeout, replica.alive)
+                except ChildProcessError:
+                    raise replica.failure() from None
+                except TimeoutError as error:
+                    raise DeployError("timeout", f"{replica.name}: {error}; log: {replica.log_tail()}") from None
+                replica.set_limits(server.cpus, server.memory_mb)
+        except BaseException:
+            for replica in started:
+                replica.stop()
+            raise
+        self.replicas.extend(started)
+
+    def usage(self) -> ResourceSample:
+        now = time.perf_counter()
+        return ResourceSample(time=now,
+                              cpu_seconds=tuple(r.cpu_seconds() for r in self.replicas),
+                              memory_bytes=tuple(r.memory_bytes() for r in self.replicas))
+
+    def memory_peaks(self) -> tuple[int, ...]:
+        return tuple(r.memory_peak() for r in self.replicas)
+
+    def reset_peaks(self) -> None:
+        for replica in self.replicas:
+            if replica.cgroup is not None:
+                replica.cgroup.reset_peak()
+
+    def check(self) -> None:
+        for replica in self.replicas:
+            if not replica.alive():
+                error = replica.failure()
+                replica.stop()
+                self.replicas.remove(replica)
+                raise error
+
+    def _stop_all(self) -> None:
+        while self.replicas:
+            self.replicas.pop().stop()
+        self.current = None
+
+    def close(self) -> None:
+        try:
+            self._stop_all()
+        finally:
+            if self.driver is not None:
+                for tree in self.driver.trees():
+                    run_dir = tree / "optdse" / self.run.run_id
+                    if run_dir.exists():
+                        run_dir.rmdir()
+            self.run.finish()
+
+
+__all__ = ["LocalBackend", "Replica", "free_port", "serve_command", "wait_available"]

@@ -1,0 +1,139 @@
+"""A record on disk of what each optdse run started, so a SIGKILLed run can be cleaned up.
+
+Each run owns `STATE_DIR/<run id>/`: `owner.json` (pid and start time of the optdse process)
+and one `replica-N.json` per live replica (its pid, start time, port, cgroup). A run whose
+owner is gone is stale; `clean_stale_runs` stops its replicas by their recorded pids (checked
+against their start times, so a reused pid is never hit) and removes its cgroups.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from optdse.deploy.cgroups import CgroupDriver, remove_dir
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("OPTDSE_STATE_DIR", f"/tmp/optdse-{os.getuid()}"))
+
+
+def _alive(pid: int, create_time: float) -> psutil.Process | None:
+    try:
+        process = psutil.Process(pid)
+        same = abs(process.create_time() - create_time) < 0.5
+        # A SIGKILLed process can linger as a zombie until its parent reaps it: it is gone.
+        return process if same and process.status() != psutil.STATUS_ZOMBIE else None
+    except psutil.Error:
+        return None
+
+
+@dataclass
+class Run:
+    """This process's record; the run id names its state directory and its cgroups."""
+
+    run_id: str
+    directory: Path
+
+    @classmethod
+    def start(cls) -> Run:
+        me = psutil.Process()
+        run_id = f"{me.pid}-{int(me.create_time() * 1000)}"
+        directory = state_dir() / run_id
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "owner.json").write_text(json.dumps({"pid": me.pid, "create_time": me.create_time()}))
+        return cls(run_id, directory)
+
+    def record_replica(self, name: str, pid: int, port: int, cgroup: str | None) -> None:
+        info = {"pid": pid, "create_time": psutil.Process(pid).create_time(), "port": port, "cgroup": cgroup}
+        (self.directory / f"{name}.json").write_text(json.dumps(info))
+
+    def forget_replica(self, name: str) -> None:
+        (self.directory / f"{name}.json").unlink(missing_ok=True)
+
+    def finish(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@dataclass
+class CleanReport:
+    runs: list[str] = field(default_factory=list)
+    processes: list[int] = field(default_factory=list)
+    cgroups: list[str] = field(default_factory=list)
+
+
+def _stop(process: psutil.Process, grace: float = 10.0) -> None:
+    try:
+        process.send_signal(signal.SIGTERM)
+        process.wait(grace)
+    except psutil.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+    except psutil.NoSuchProcess:
+        pass
+
+
+def _owner_alive(directory: Path) -> bool:
+    try:
+        owner = json.loads((directory / "owner.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return _alive(owner["pid"], owner["create_time"]) is not None
+
+
+def clean_stale_runs(driver: CgroupDriver | None) -> CleanReport:
+    """Stop and remove what runs whose optdse process is gone left behind. Live runs are untouched."""
+    report = CleanReport()
+    live: set[str] = set()
+    root = state_dir()
+    for directory in sorted(root.iterdir()) if root.is_dir() else []:
+        if _owner_alive(directory):
+            live.add(directory.name)
+            continue
+        for record in directory.glob("replica-*.json"):
+            info = json.loads(record.read_text())
+            process = _alive(info["pid"], info["create_time"])
+            if process is not None:
+                _stop(process)
+                report.processes.append(info["pid"])
+        shutil.rmtree(directory, ignore_errors=True)
+        report.runs.append(directory.name)
+    if driver is not None:
+        for run_id, run_dirs in driver.run_dirs().items():
+            if run_id in live:
+                continue
+            for run_dir in run_dirs:
+                for group in sorted(p for p in run_dir.iterdir() if p.is_dir()):
+                    # Anything still inside optdse/<dead run>/ was put there by optdse.
+                    for pid in (int(p) for p in (group / "cgroup.procs").read_text().split()):
+                        try:
+                            _stop(psutil.Process(pid))
+                            report.processes.append(pid)
+                        except psutil.NoSuchProcess:
+                            pass
+                    remove_dir(group)
+                    report.cgroups.append(str(group))
+                remove_dir(run_dir)
+            if run_id not in report.runs:
+                report.runs.append(run_id)
+    report.processes = sorted(set(report.processes))
+    return report
+
+
+def wait_gone(pids: list[int], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(psutil.pid_exists(pid) for pid in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+__all__ = ["CleanReport", "Run", "clean_stale_runs", "state_dir"]

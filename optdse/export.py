@@ -1,0 +1,38 @@
+"""The Pareto front as a table (pandas), for CSV export and the CLI's summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pandas as pd
+
+from optdse.spec import PARAMETERS
+
+#: Measured figures exported beside the parameters, in this order.
+FIGURES = ("art_ms", "acu_cores", "p95_ms", "throughput_rps", "energy_j")
+
+
+def pareto_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per Pareto-optimal (and feasible) trial, sorted by ART."""
+    rows = []
+    for trial in study.best_trials:  # Optuna's front; respects constraints when they exist
+        row: dict[str, object] = {"trial": trial.number}
+        for name in PARAMETERS:
+            row[name] = trial.params.get(name, trial.user_attrs.get(f"fixed_{name}"))
+        for name in FIGURES:
+            row[name] = trial.user_attrs.get(name)
+        row["energy_is_estimate"] = trial.user_attrs.get("energy_is_estimate")
+        rows.append(row)
+    columns = ["trial", *PARAMETERS, *FIGURES, "energy_is_estimate"]
+    return pd.DataFrame(rows, columns=columns).sort_values("art_ms", ignore_index=True)
+
+
+def write_pareto_csv(study: optuna.Study, path: Path) -> pd.DataFrame:
+    frame = pareto_frame(study)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    return frame
+
+
+__all__ = ["FIGURES", "pareto_frame", "write_pareto_csv"]

@@ -1,0 +1,151 @@
+"""From raw records to the figures a trial reports: the window cut, ART, ACU, energy.
+
+Definitions (README "Definitions" says the same):
+- Window: requests are ordered by send time. Warm-up is the first `warmup_fraction` of them;
+  cool-down starts when the first client thread has sent its last request (from then on
+  fewer than N threads are loading the server). The window is [first request after warm-up,
+  start of cool-down); only requests sent inside it count.
+- ART: mean client-side latency of the successful requests in the window; p50..p99 likewise.
+- ACU: replicas' CPU seconds inside the window / window length, in cores.
+- Energy: RAPL package joules in the window where readable (whole machine, client included),
+  else replica CPU seconds x watts per core, flagged as an estimate.
+- Stability (perf_analyzer's rule): the window split in three equal parts; the largest
+  relative spread of their throughput and mean latency is reported, stable if <= 10%.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from optdse.load import LoadResult
+from optdse.monitor import Samples, watts_per_core
+
+STABLE_SPREAD = 0.10
+
+
+@dataclass(frozen=True)
+class Window:
+    start: float
+    end: float
+    mask: np.ndarray  # requests (in send order) inside the window
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
+def cut_window(load: LoadResult, warmup_fraction: float) -> Window:
+    n = len(load.send)
+    last_send_per_thread = [load.send[load.thread == t].max() for t in np.unique(load.thread)]
+    cool_down = float(min(last_send_per_thread))
+    first = min(int(np.ceil(warmup_fraction * n)), n - 1)
+    start = float(load.send[first])
+    mask = (load.send >= start) & (load.send < cool_down)
+    if mask.sum() < 2:  # too few requests per thread to cut both ends: keep what was sent
+        start, cool_down = float(load.send[0]), float(load.finished)
+        mask = np.ones(n, dtype=bool)
+    return Window(start=start, end=cool_down, mask=mask)
+
+
+def _spread(values: list[float]) -> float:
+    low = min(values)
+    return (max(values) - low) / low if low > 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Everything measured for one configuration; every field becomes a trial user attr."""
+
+    art_ms: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    throughput_rps: float
+    requests_sent: int
+    requests_in_window: int
+    errors: int
+    error_rate: float
+    error_codes: dict[str, int]
+    window_s: float
+    warmup_requests: int
+    cooldown_requests: int
+    stability_spread: float
+    stable: bool
+    acu_cores: float
+    replica_cpu_seconds: float
+    mem_peak_mb: float          # the largest replica's peak
+    mem_peak_mb_per_replica: list[float]
+    energy_j: float
+    energy_method: str          # "rapl" or "estimate: CPU-seconds x W/core"
+    energy_is_estimate: bool
+    client_cpu_cores: float
+    client_busiest_worker_cores: float
+    client_processes: int
+    accounting: str
+    limits_enforced: bool
+    warnings: list[str]
+    timeseries: list[dict[str, float]]
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def summarize(load: LoadResult, samples: Samples, window: Window, memory_peaks: tuple[int, ...],
+              accounting: str, limits_enforced: bool) -> Measurement:
+    inside = window.mask
+    good = inside & load.ok
+    latency_ms = load.latency[good] * 1e3
+    if latency_ms.size == 0:
+        latency_ms = np.array([np.nan])
+    p50, p90, p95, p99 = np.percentile(latency_ms, [50, 90, 95, 99])
+    cpu = samples.cpu_between(window.start, window.end)
+    rapl = samples.joules_between(window.start, window.end)
+    energy, method = ((rapl, "rapl: package energy, whole machine") if rapl is not None else
+                      (cpu * watts_per_core(), f"estimate: replica CPU-seconds x {watts_per_core():g} W per core"))
+    thirds = np.linspace(window.start, window.end, 4)
+    parts_rps, parts_art = [], []
+    for a, b in zip(thirds[:-1], thirds[1:]):
+        part = good & (load.send >= a) & (load.send < b)
+        parts_rps.append(part.sum() / (b - a) if b > a else 0.0)
+        parts_art.append(float(load.latency[part].mean()) if part.any() else 0.0)
+    spread = max(_spread(parts_rps), _spread(parts_art))
+    errors = int((~load.ok).sum())
+    return Measurement(
+        art_ms=float(latency_ms.mean()), p50_ms=float(p50), p90_ms=float(p90), p95_ms=float(p95),
+        p99_ms=float(p99), throughput_rps=float(good.sum() / window.seconds) if window.seconds > 0 else 0.0,
+        requests_sent=len(load.send), requests_in_window=int(inside.sum()), errors=errors,
+        error_rate=errors / max(1, len(load.send)), error_codes=dict(load.error_codes),
+        window_s=window.seconds, warmup_requests=int((load.send < window.start).sum()),
+        cooldown_requests=int((load.send >= window.end).sum()), stability_spread=float(spread),
+        stable=bool(spread <= STABLE_SPREAD), acu_cores=cpu / window.seconds if window.seconds > 0 else 0.0,
+        replica_cpu_seconds=cpu, mem_peak_mb=max(memory_peaks, default=0) / 2**20,
+        mem_peak_mb_per_replica=[round(m / 2**20, 1) for m in memory_peaks], energy_j=energy,
+        energy_method=method, energy_is_estimate=rapl is None, client_cpu_cores=load.client_cpu_cores,
+        client_busiest_worker_cores=load.busiest_worker_cores, client_processes=len(load.client_cpu_seconds),
+        accounting=accounting, limits_enforced=limits_enforced, warnings=list(load.warnings),
+        timeseries=timeseries(load, samples, window))
+
+
+def timeseries(load: LoadResult, samples: Samples, window: Window) -> list[dict[str, float]]:
+    """Per second since the load started: requests sent, their mean latency, errors, replica
+    CPU (cores), memory (MB), and whether the second lies in the measurement window."""
+    rows = []
+    seconds = int(np.ceil(load.finished - load.started)) or 1
+    for s in range(seconds):
+        a, b = load.started + s, load.started + s + 1
+        sent = (load.send >= a) & (load.send < b)
+        ok = sent & load.ok
+        end = min(b, float(samples.time[-1]))
+        cpu = samples.cpu_between(a, end) / (end - a) if end > a else 0.0
+        memory = float(np.interp(min(b, end), samples.time, samples.memory_bytes)) / 2**20
+        rows.append({"t": float(s), "requests": int(sent.sum()), "errors": int((sent & ~load.ok).sum()),
+                     "art_ms": round(float(load.latency[ok].mean() * 1e3), 3) if ok.any() else None,
+                     "acu_cores": round(cpu, 4), "memory_mb": round(memory, 1),
+                     "in_window": bool(a < window.end and b > window.start)})
+    return rows
+
+
+__all__ = ["Measurement", "Window", "cut_window", "summarize", "timeseries"]

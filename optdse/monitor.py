@@ -1,0 +1,107 @@
+"""Resource accounting of the replicas while load runs: CPU, memory, energy.
+
+A background thread samples the backend's cumulative CPU seconds and memory several times a
+second. ACU over any interval (the measurement window is known only after the run) is then
+the difference of the cumulative CPU, interpolated at the interval's ends, divided by its
+length. The same samples give the per-second time series.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from optdse.deploy.base import Backend, ResourceSample
+
+RAPL_DIR = Path("/sys/class/powercap")
+#: Watts one fully busy core draws, for the energy estimate where RAPL is absent. A round
+#: figure for a server core under load; set OPTDSE_WATTS_PER_CORE for your hardware.
+DEFAULT_WATTS_PER_CORE = 10.0
+
+
+def watts_per_core() -> float:
+    return float(os.environ.get("OPTDSE_WATTS_PER_CORE", DEFAULT_WATTS_PER_CORE))
+
+
+def _rapl_files() -> list[Path]:
+    """Package-level RAPL counters (intel-rapl:N/energy_uj) that this process can read."""
+    files = []
+    for path in sorted(RAPL_DIR.glob("intel-rapl:[0-9]*/energy_uj")):
+        if path.parent.name.count(":") == 1 and os.access(path, os.R_OK):
+            files.append(path)
+    return files
+
+
+@dataclass(frozen=True)
+class Samples:
+    """What the monitor saw: times, total CPU seconds of all replicas, memory, RAPL joules."""
+
+    time: np.ndarray
+    cpu_seconds: np.ndarray      # summed over replicas, cumulative
+    memory_bytes: np.ndarray     # summed over replicas
+    rapl_joules: np.ndarray | None  # cumulative package energy (whole machine), if readable
+
+    def cpu_between(self, start: float, end: float) -> float:
+        """CPU seconds the replicas used in [start, end], by linear interpolation."""
+        start_cpu, end_cpu = np.interp([start, end], self.time, self.cpu_seconds)
+        return float(end_cpu - start_cpu)
+
+    def joules_between(self, start: float, end: float) -> float | None:
+        if self.rapl_joules is None:
+            return None
+        a, b = np.interp([start, end], self.time, self.rapl_joules)
+        return float(b - a)
+
+
+class Monitor:
+    """Samples `backend.usage()` every `interval` seconds between `start()` and `stop()`."""
+
+    def __init__(self, backend: Backend, interval: float = 0.1) -> None:
+        self.backend = backend
+        self.interval = interval
+        self._samples: list[ResourceSample] = []
+        self._rapl: list[float] = []
+        self._rapl_files = _rapl_files()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="optdse-monitor", daemon=True)
+
+    def _read_rapl(self) -> float:
+        return sum(int(p.read_text()) for p in self._rapl_files) / 1e6
+
+    def _take(self) -> None:
+        self._samples.append(self.backend.usage())
+        if self._rapl_files:
+            self._rapl.append(self._read_rapl())  # counter wrap-around ignored: runs are short
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._take()
+            except OSError:
+                return  # a replica went away mid-run; the backend's check() reports why
+
+    def start(self) -> None:
+        self.backend.reset_peaks()
+        self._take()
+        self._thread.start()
+
+    def stop(self) -> Samples:
+        self._stop.set()
+        self._thread.join()
+        try:
+            self._take()
+        except OSError:
+            pass
+        return Samples(
+            time=np.array([s.time for s in self._samples]),
+            cpu_seconds=np.array([sum(s.cpu_seconds) for s in self._samples]),
+            memory_bytes=np.array([sum(s.memory_bytes) for s in self._samples], dtype=np.int64),
+            rapl_joules=np.array(self._rapl) if self._rapl_files else None,
+        )
+
+
+__all__ = ["DEFAULT_WATTS_PER_CORE", "Monitor", "Samples", "watts_per_core"]

@@ -1,0 +1,45 @@
+"""One configuration measured: deploy, load, monitor, cut the window, summarize.
+
+`measure` is the single code path behind both a study trial and `optdse measure`.
+"""
+
+from __future__ import annotations
+
+from optdse.config import Config
+from optdse.deploy.base import Backend
+from optdse.load import LoadPlan, run_load
+from optdse.measurement import Measurement, cut_window, summarize
+from optdse.monitor import Monitor
+from optdse.payloads import build_payload
+
+
+class MeasureError(RuntimeError):
+    """The configuration was deployed but could not be measured (e.g. every request failed)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+def measure(backend: Backend, config: Config, client_processes: int = 0, deadline_s: float = 30.0) -> Measurement:
+    endpoints = backend.apply(config.server)
+    payload = build_payload(config.server.model, config.client.file_size)
+    plan = LoadPlan(targets=tuple(e.target for e in endpoints), body=payload.body, batch=payload.batch,
+                    threads=config.client.threads, requests=config.client.requests,
+                    deadline_s=deadline_s, processes=client_processes)
+    monitor = Monitor(backend)
+    monitor.start()
+    try:
+        load = run_load(plan)
+    finally:
+        samples = monitor.stop()
+    backend.check()  # a replica that died under load (OOM) fails the trial with its reason
+    if not load.ok.any():
+        codes = ", ".join(f"{code} x{n}" for code, n in load.error_codes.items())
+        raise MeasureError("errors", f"all {len(load.ok)} requests failed ({codes})")
+    window = cut_window(load, config.client.warmup_fraction)
+    return summarize(load, samples, window, backend.memory_peaks(), backend.accounting, backend.limits_enforced)
+
+
+__all__ = ["MeasureError", "measure"]

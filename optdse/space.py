@@ -1,0 +1,54 @@
+"""Search space -> Optuna distributions -> Config.
+
+Fixed parameters are not suggested (Optuna would show a one-point distribution); they are
+stored as trial user attrs so every trial still records its full configuration.
+"""
+
+from __future__ import annotations
+
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.trial import BaseTrial
+
+from optdse.config import ClientConfig, Config, ServerConfig
+from optdse.spec import INTEGER_PARAMETERS, Fixed, Range, Study
+
+
+def distributions(study: Study) -> dict[str, BaseDistribution]:
+    """The varied parameters of the study's space as Optuna distributions."""
+    result: dict[str, BaseDistribution] = {}
+    for name, dist in study.space.parameters.items():
+        if not isinstance(dist, Range):
+            continue
+        if name in INTEGER_PARAMETERS:
+            result[name] = IntDistribution(int(dist.low), int(dist.high), log=dist.log, step=int(dist.step or 1))
+        else:
+            result[name] = FloatDistribution(dist.low, dist.high, log=dist.log, step=dist.step)
+    return result
+
+
+def fixed_values(study: Study) -> dict[str, float]:
+    return {name: dist.value for name, dist in study.space.parameters.items() if isinstance(dist, Fixed)}
+
+
+def suggest(trial: BaseTrial, study: Study) -> Config:
+    """Ask the sampler for one configuration of the study's space."""
+    values: dict[str, float] = dict(fixed_values(study))
+    for name, d in distributions(study).items():
+        if isinstance(d, IntDistribution):
+            values[name] = trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
+        else:
+            assert isinstance(d, FloatDistribution)
+            values[name] = trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
+    return to_config(values, study)
+
+
+def to_config(values: dict[str, float], study: Study, requests: int | None = None) -> Config:
+    spec = study.spec
+    server = ServerConfig(model=spec.model, replicas=int(values["replicas"]), cpus=float(values["cpus"]),
+                          memory_mb=int(values["memory_mb"]))
+    client = ClientConfig(threads=int(values["threads"]), file_size=int(values["file_size"]),
+                          requests=requests or spec.requests, warmup_fraction=spec.warmup_fraction)
+    return Config(server=server, client=client)
+
+
+__all__ = ["distributions", "fixed_values", "suggest", "to_config"]

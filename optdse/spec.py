@@ -1,0 +1,211 @@
+"""Study and search-space files (YAML), validated with pydantic.
+
+A mistake in a file is reported as one line that names the file, the key and what is allowed
+(`SpecError`); the CLI prints it and exits with 2. Nothing else in optdse reads YAML.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+#: Parameters a search space may define, and what each means to the system.
+PARAMETERS = {
+    "threads": "closed-loop client threads (the seed's '# of threads')",
+    "file_size": "units of model input per request (MNIST: images)",
+    "replicas": "server replicas (the seed's '# of servers')",
+    "cpus": "CPU cores per replica (a CFS quota)",
+    "memory_mb": "memory limit per replica in MiB",
+}
+#: Figures a study may optimise, with the direction that makes sense for each.
+METRICS = {
+    "art_ms": "minimize", "p50_ms": "minimize", "p90_ms": "minimize", "p95_ms": "minimize",
+    "p99_ms": "minimize", "acu_cores": "minimize", "energy_j": "minimize",
+    "throughput_rps": "maximize",
+}
+MODELS = ("mnist",)
+INTEGER_PARAMETERS = {"threads", "file_size", "replicas", "memory_mb"}
+
+
+class SpecError(ValueError):
+    """A study or search-space file is wrong; str() is the one line shown to the user."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(_Strict):
+    """A parameter the sampler varies between `low` and `high` (inclusive)."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: Annotated[float, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if not self.low < self.high:
+            raise ValueError(f"low must be below high (got low={self.low:g}, high={self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log ranges need low > 0 (got low={self.low:g})")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined (Optuna's rule)")
+        return self
+
+
+class Fixed(_Strict):
+    """A parameter held at one value in this space."""
+
+    value: float
+
+
+class SearchSpace(_Strict):
+    """search_spaces/NAME.yaml: the dimensions a study explores."""
+
+    parameters: dict[Literal["threads", "file_size", "replicas", "cpus", "memory_mb"], Range | Fixed]
+
+    @model_validator(mode="after")
+    def _complete_and_in_bounds(self) -> SearchSpace:
+        missing = sorted(set(PARAMETERS) - set(self.parameters))
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}; a space defines all of {', '.join(PARAMETERS)}")
+        minimum = {"threads": 1, "file_size": 1, "replicas": 1, "cpus": 0.01, "memory_mb": 16}
+        for name, dist in self.parameters.items():
+            low = dist.low if isinstance(dist, Range) else dist.value
+            if low < minimum[name]:
+                raise ValueError(f"{name} must be >= {minimum[name]:g} (got {low:g})")
+            values = [dist.low, dist.high] if isinstance(dist, Range) else [dist.value]
+            if name in INTEGER_PARAMETERS and any(not float(v).is_integer() for v in values):
+                raise ValueError(f"{name} takes whole numbers (got {', '.join(f'{v:g}' for v in values)})")
+        return self
+
+
+class Objective(_Strict):
+    metric: Literal["art_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "acu_cores", "energy_j",
+                    "throughput_rps"]
+    direction: Literal["minimize", "maximize"]
+
+
+class Sampler(_Strict):
+    """Which Optuna sampler proposes configurations; see the README for why TPE is the default."""
+
+    name: Literal["tpe", "nsga2", "random"] = "tpe"
+    seed: int | None = None
+    n_startup_trials: Annotated[int, Field(ge=1)] = 10
+
+
+class StudySpec(_Strict):
+    """studies/NAME.yaml: one study; its name is the file's stem."""
+
+    model: Literal["mnist"]
+    search_space: str = Field(description="file name under search_spaces/")
+    objectives: Annotated[list[Objective], Field(min_length=1)]
+    trials: Annotated[int, Field(ge=1)] = 50
+    requests: Annotated[int, Field(ge=10)] = 1000
+    warmup_fraction: Annotated[float, Field(ge=0, lt=0.9)] = 0.1
+    max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
+    backend: Literal["local"] = "local"
+    sampler: Sampler = Sampler()
+    enqueue: list[dict[str, float]] = Field(default_factory=list,
+                                            description="configurations tried first (partial ones allowed)")
+
+    @model_validator(mode="after")
+    def _enqueued_names_known(self) -> StudySpec:
+        for point in self.enqueue:
+            unknown = sorted(set(point) - set(PARAMETERS))
+            if unknown:
+                raise ValueError(f"enqueue: unknown parameter {unknown[0]}; allowed: {', '.join(PARAMETERS)}")
+        return self
+
+
+class Study(BaseModel):
+    """A loaded study: its name, spec, and resolved search space."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    path: Path
+    spec: StudySpec
+    space: SearchSpace
+
+
+def _one_line(path: Path, error: ValidationError, model: type[BaseModel]) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"] if not str(part).startswith(("Range", "Fixed")))
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key" + _allowed_keys(model, first["loc"])
+    elif first["type"] not in ("missing",) and "input" in first and not isinstance(first["input"], dict):
+        message += f" (got {first['input']!r})"
+    more = len(error.errors()) - 1
+    return f"{path}: {key or '(top level)'}: {message}" + (f" [+{more} more]" if more > 0 else "")
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    if len(loc) == 1:
+        return f"; allowed: {', '.join(model.model_fields)}"
+    if model is SearchSpace and len(loc) == 3:
+        return "; allowed: low, high, log, step (a range) or value (fixed)"
+    return ""
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: file not found") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "?"
+        raise SpecError(f"{path}: {where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: (top level): must be a mapping of keys to values")
+    return data
+
+
+def _validate(model: type[BaseModel], path: Path) -> Any:
+    try:
+        return model.model_validate(_read_yaml(path))
+    except ValidationError as error:
+        raise SpecError(_one_line(path, error, model)) from None
+
+
+def find_study_file(name_or_path: str) -> Path:
+    """A path as given, else studies/NAME.yaml in the working directory, else in the project."""
+    given = Path(name_or_path)
+    if given.suffix in (".yaml", ".yml"):
+        return given
+    for root in (Path.cwd(), PROJECT_ROOT):
+        candidate = root / "studies" / f"{name_or_path}.yaml"
+        if candidate.exists():
+            return candidate
+    known = sorted(p.stem for p in (PROJECT_ROOT / "studies").glob("*.yaml"))
+    raise SpecError(f"studies/{name_or_path}.yaml: file not found; known studies: {', '.join(known)}")
+
+
+def load_study(name_or_path: str) -> Study:
+    """Read and validate a study file and the search space it names."""
+    path = find_study_file(name_or_path)
+    spec: StudySpec = _validate(StudySpec, path)
+    space_path = path.parent.parent / "search_spaces" / spec.search_space
+    if not space_path.exists():
+        raise SpecError(f"{path}: search_space: no file {space_path}")
+    space: SearchSpace = _validate(SearchSpace, space_path)
+    for i, point in enumerate(spec.enqueue):
+        for name, value in point.items():
+            dist = space.parameters[name]  # type: ignore[index]
+            low, high = (dist.low, dist.high) if isinstance(dist, Range) else (dist.value, dist.value)
+            if not (low <= value <= high) or math.isnan(value):
+                raise SpecError(f"{path}: enqueue.{i}.{name}: must lie in the space's range "
+                                f"{low:g}..{high:g} (got {value:g})")
+    return Study(name=path.stem, path=path, spec=spec, space=space)
+
+
+__all__ = ["METRICS", "PARAMETERS", "Fixed", "Range", "SearchSpace", "SpecError", "Study", "StudySpec",
+           "find_study_file", "load_study"]

@@ -1,0 +1,164 @@
+"""The study: Optuna asks for a configuration, `measure` answers, Optuna is told.
+
+The study storage is the source of truth. Every measured figure is a trial user attr; a
+configuration that fails is recorded FAIL with its reason (`fail_reason`, `fail_message`);
+one that runs but exceeds the error-rate limit is COMPLETE but infeasible, through the
+samplers' constraints (what optuna-dashboard displays). Running the same study again resumes
+it: trials a killed run left RUNNING are failed first, then the missing trials are run.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import optuna
+import psutil
+from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler, TPESampler
+from optuna.trial import FrozenTrial, TrialState
+
+from optdse.deploy.base import Backend, DeployError
+from optdse.measurement import Measurement
+from optdse.objective import MeasureError, measure
+from optdse.space import fixed_values, suggest
+from optdse.spec import Study
+
+FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
+
+
+def constraints(trial: FrozenTrial) -> list[float]:
+    """Optuna's constraint format (<= 0 is feasible), stored by optdse as a user attr."""
+    return list(trial.user_attrs.get("constraints", [0.0]))
+
+
+def make_sampler(study: Study) -> BaseSampler:
+    """The study file's sampler, with the error-rate constraint wired in.
+
+    Optuna 5 deprecates `constraints_func` in favour of `Trial.set_constraint`, but
+    optuna-dashboard 0.21 reads only the system attr that `constraints_func` writes, so
+    infeasible trials would look feasible there. Kept until the dashboard reads both."""
+    warnings.filterwarnings("ignore", message=".*constraints_func.*", category=FutureWarning)
+    spec = study.spec.sampler
+    if spec.name == "tpe":
+        # multivariate: the five dimensions interact (threads x replicas x cpus), which
+        # independent per-parameter TPE cannot model.
+        return TPESampler(n_startup_trials=spec.n_startup_trials, multivariate=True, seed=spec.seed,
+                          constraints_func=constraints)
+    if spec.name == "nsga2":
+        return NSGAIISampler(seed=spec.seed, constraints_func=constraints)
+    return RandomSampler(seed=spec.seed)
+
+
+def open_study(study: Study, storage: str) -> optuna.Study:
+    """Create the study in `storage`, or load it if it exists (that is how a run resumes)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    directions = [o.direction for o in study.spec.objectives]
+    optuna_study = optuna.create_study(study_name=study.name, storage=storage, directions=directions,
+                                       sampler=make_sampler(study), load_if_exists=True)
+    if [d.name.lower() for d in optuna_study.directions] != directions:
+        raise ValueError(f"study {study.name} in {storage} has objectives {optuna_study.directions}, "
+                         f"the study file asks for {directions}; use another --storage or study name")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna_study.set_metric_names([o.metric for o in study.spec.objectives])  # shown by the dashboard
+    return optuna_study
+
+
+def fail_abandoned(optuna_study: optuna.Study) -> list[int]:
+    """Mark FAIL the RUNNING trials whose process (on this host) is gone; return their numbers."""
+    failed = []
+    for trial in optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        attrs = trial.user_attrs
+        if attrs.get("host") == socket.gethostname() and _process_gone(attrs.get("pid"), attrs.get("pid_started")):
+            storage = optuna_study._storage  # noqa: SLF001  # Optuna has no public "fail this trial" for others' trials
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", "abandoned")  # noqa: SLF001
+            storage.set_trial_user_attr(trial._trial_id, "fail_message", "the run measuring it was killed")  # noqa: SLF001
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # noqa: SLF001
+            failed.append(trial.number)
+    return failed
+
+
+def _process_gone(pid: int | None, started: float | None) -> bool:
+    if pid is None:
+        return True
+    try:
+        return abs(psutil.Process(pid).create_time() - (started or 0)) > 0.5
+    except psutil.Error:
+        return True
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    number: int
+    state: TrialState
+    values: list[float] | None
+    summary: str
+
+
+def run_trial(optuna_study: optuna.Study, study: Study, backend: Backend, requests: int | None) -> TrialOutcome:
+    trial = optuna_study.ask()
+    me = psutil.Process()
+    for key, value in {"host": socket.gethostname(), "pid": me.pid, "pid_started": me.create_time(),
+                       "backend": backend.name}.items():
+        trial.set_user_attr(key, value)
+    config = suggest(trial, study)
+    for name, value in fixed_values(study).items():
+        trial.set_user_attr(f"fixed_{name}", value)
+    if requests:
+        config = replace(config, client=replace(config.client, requests=requests))
+    trial.set_user_attr("config", config.describe())
+    trial.set_user_attr("requests", config.client.requests)
+    try:
+        result: Measurement = measure(backend, config)
+    except (DeployError, MeasureError) as error:
+        trial.set_user_attr("fail_reason", error.reason)
+        trial.set_user_attr("fail_message", error.message)
+        optuna_study.tell(trial, state=TrialState.FAIL)
+        return TrialOutcome(trial.number, TrialState.FAIL, None, f"{error.reason}: {error.message}")
+    except BaseException as error:  # Ctrl-C, or a bug: record why, then let it propagate
+        trial.set_user_attr("fail_reason", "interrupted" if isinstance(error, KeyboardInterrupt) else "error")
+        trial.set_user_attr("fail_message", f"{type(error).__name__}: {error}"[:1000])
+        optuna_study.tell(trial, state=TrialState.FAIL)
+        raise
+    for key, value in result.as_dict().items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("constraints", [result.error_rate - study.spec.max_error_rate])
+    values = [float(getattr(result, o.metric)) for o in study.spec.objectives]
+    optuna_study.tell(trial, values)
+    summary = (f"ART {result.art_ms:.2f} ms, ACU {result.acu_cores:.3f} cores, p95 {result.p95_ms:.2f} ms, "
+               f"{result.throughput_rps:.0f} req/s, errors {result.errors}")
+    return TrialOutcome(trial.number, TrialState.COMPLETE, values, summary)
+
+
+def run_study(study: Study, storage: str, backend: Backend, trials: int | None = None,
+              requests: int | None = None, on_trial: Callable[[TrialOutcome], None] | None = None,
+              optuna_study: optuna.Study | None = None) -> optuna.Study:
+    """Run trials until the study has `trials` finished ones (COMPLETE or FAIL)."""
+    optuna_study = optuna_study or open_study(study, storage)
+    target = trials or study.spec.trials
+    while len(optuna_study.get_trials(deepcopy=False, states=FINISHED)) < target:
+        outcome = run_trial(optuna_study, study, backend, requests)
+        if on_trial:
+            on_trial(outcome)
+    return optuna_study
+
+
+def enqueue_seed_points(optuna_study: optuna.Study, study: Study) -> int:
+    """Enqueue the study file's first configurations, once, into a study with no trials."""
+    if optuna_study.get_trials(deepcopy=False):
+        return 0
+    for point in study.spec.enqueue:
+        optuna_study.enqueue_trial(dict(point), skip_if_exists=True)
+    return len(study.spec.enqueue)
+
+
+def default_storage() -> str:
+    os.makedirs("results", exist_ok=True)
+    return "sqlite:///results/optdse.db"
+
+
+__all__ = ["constraints", "default_storage", "enqueue_seed_points", "fail_abandoned", "make_sampler",
+           "open_study", "run_study", "run_trial"]
