@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,24 +66,34 @@ class Fixed(_Strict):
     value: float
 
 
+def _range_or_fixed(data: Any) -> str:
+    return "fixed" if isinstance(data, dict) and "value" in data else "range"
+
+
+Distribution = Annotated[Annotated[Range, Tag("range")] | Annotated[Fixed, Tag("fixed")],
+                         Discriminator(_range_or_fixed)]
+
+
 class SearchSpace(_Strict):
     """search_spaces/NAME.yaml: the dimensions a study explores."""
 
-    parameters: dict[Literal["threads", "file_size", "replicas", "cpus", "memory_mb"], Range | Fixed]
+    parameters: dict[Literal["threads", "file_size", "replicas", "cpus", "memory_mb"], Distribution]
 
     @model_validator(mode="after")
     def _complete_and_in_bounds(self) -> SearchSpace:
         missing = sorted(set(PARAMETERS) - set(self.parameters))
         if missing:
-            raise ValueError(f"missing {', '.join(missing)}; a space defines all of {', '.join(PARAMETERS)}")
+            raise ValueError(f"parameters: missing {', '.join(missing)}; a space defines all of "
+                             f"{', '.join(PARAMETERS)}")
         minimum = {"threads": 1, "file_size": 1, "replicas": 1, "cpus": 0.01, "memory_mb": 16}
         for name, dist in self.parameters.items():
             low = dist.low if isinstance(dist, Range) else dist.value
             if low < minimum[name]:
-                raise ValueError(f"{name} must be >= {minimum[name]:g} (got {low:g})")
+                raise ValueError(f"parameters.{name}: must be >= {minimum[name]:g} (got {low:g})")
             values = [dist.low, dist.high] if isinstance(dist, Range) else [dist.value]
             if name in INTEGER_PARAMETERS and any(not float(v).is_integer() for v in values):
-                raise ValueError(f"{name} takes whole numbers (got {', '.join(f'{v:g}' for v in values)})")
+                raise ValueError(f"parameters.{name}: takes whole numbers (got "
+                                 f"{', '.join(f'{v:g}' for v in values)})")
         return self
 
 
@@ -137,8 +147,11 @@ class Study(BaseModel):
 
 def _one_line(path: Path, error: ValidationError, model: type[BaseModel]) -> str:
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"] if not str(part).startswith(("Range", "Fixed")))
+    # Drop pydantic's internal path parts (union tags, validator names) from the key.
+    key = ".".join(str(part) for part in first["loc"] if str(part) not in ("range", "fixed") and "[" not in str(part))
     message = first["msg"].removeprefix("Value error, ")
+    if not key and ": " in message and message.split(": ", 1)[0].replace(".", "").isidentifier():
+        key, message = message.split(": ", 1)  # a cross-field check names its own key
     if first["type"] == "extra_forbidden":
         message = "unknown key" + _allowed_keys(model, first["loc"])
     elif first["type"] not in ("missing",) and "input" in first and not isinstance(first["input"], dict):
@@ -150,7 +163,7 @@ def _one_line(path: Path, error: ValidationError, model: type[BaseModel]) -> str
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     if len(loc) == 1:
         return f"; allowed: {', '.join(model.model_fields)}"
-    if model is SearchSpace and len(loc) == 3:
+    if model is SearchSpace and len(loc) >= 3:
         return "; allowed: low, high, log, step (a range) or value (fixed)"
     return ""
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,22 +17,10 @@ import grpc
 
 from serving.tensorflow_import import import_tensorflow
 
-import_tensorflow()
-from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc  # noqa: E402
-
-AVAILABLE = 30
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def serve_command() -> list[str]:
-    """The installed console script, or the module when running from a bare checkout."""
-    script = Path(sys.executable).parent / "optdse-serve"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "serving.server"]
+import_tensorflow()  # the tests build tensors with TF itself, so the real package loads first
+from optdse.deploy.local import free_port, serve_command  # noqa: E402
+from optdse.protos import STATUS_AVAILABLE as AVAILABLE  # noqa: E402
+from optdse.protos import get_model_status_pb2, model_service_pb2_grpc  # noqa: E402
 
 
 class ServerProcess:

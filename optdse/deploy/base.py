@@ -61,6 +61,10 @@ class Backend(Protocol):
         """Make the deployment match `server`; return its endpoints once every replica is ready."""
         ...
 
+    def replica_ids(self) -> tuple[str, ...]:
+        """Identity of each running replica (pid, container id): unchanged means reused."""
+        ...
+
     def usage(self) -> ResourceSample:
         """CPU and memory of the current replicas now (cheap: called several times a second)."""
         ...

@@ -219,6 +219,9 @@ class LocalBackend:
             raise
         self.replicas.extend(started)
 
+    def replica_ids(self) -> tuple[str, ...]:
+        return tuple(str(r.process.pid) for r in self.replicas)
+
     def usage(self) -> ResourceSample:
         now = time.perf_counter()
         return ResourceSample(time=now,

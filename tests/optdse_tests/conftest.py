@@ -1,0 +1,64 @@
+"""Fixtures for the harness: an isolated project directory, the CLI, real cgroups."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from optdse.deploy.cgroups import CgroupDriver
+from tests.serving_process import optdse_command
+
+SPACE = """\
+parameters:
+  threads:   {low: 1, high: 4}
+  file_size: {low: 1, high: 8, log: true}
+  replicas:  {low: 1, high: 2}
+  cpus:      {low: 0.2, high: 1.0, step: 0.1}
+  memory_mb: {value: 1000}
+"""
+
+
+def write_study(project: Path, name: str, space: str = SPACE, **overrides: object) -> Path:
+    (project / "studies").mkdir(exist_ok=True)
+    (project / "search_spaces").mkdir(exist_ok=True)
+    (project / "search_spaces" / f"{name}.yaml").write_text(space)
+    body = {"model": "mnist", "search_space": f"{name}.yaml", "trials": 3, "requests": 200,
+            "sampler": "{name: tpe, n_startup_trials: 2, seed: 1}",
+            "objectives": "[{metric: art_ms, direction: minimize}, {metric: acu_cores, direction: minimize}]",
+            "enqueue": "[{replicas: 1, cpus: 1.0, file_size: 1}]", **overrides}
+    path = project / "studies" / f"{name}.yaml"
+    path.write_text("".join(f"{key}: {value}\n" for key, value in body.items()))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path: Path, mnist_base_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory with the session's exported model in results/models/mnist and a
+    state directory of its own, so `optdse clean` here sees only this test's runs."""
+    (tmp_path / "results" / "models").mkdir(parents=True)
+    (tmp_path / "results" / "models" / "mnist").symlink_to(mnist_base_path)
+    monkeypatch.setenv("OPTDSE_STATE_DIR", str(tmp_path / "state"))
+    return tmp_path
+
+
+def optdse(project: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*optdse_command(), *args], cwd=project, capture_output=True, text=True,
+                          timeout=timeout, env=os.environ.copy())
+
+
+@pytest.fixture(scope="session")
+def cgroup_driver() -> CgroupDriver:
+    driver, why_not = CgroupDriver.detect()
+    if driver is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"cgroups are required under CI: {why_not}")
+        pytest.skip(f"cgroups not writable here: {why_not}")
+    return driver
+
+
+def dedent(text: str) -> str:
+    return textwrap.dedent(text)

@@ -1,0 +1,92 @@
+"""One contract, every backend (Optuna's storage tests are the model): deploy, readiness,
+reuse, limits in place, scaling, OOM reported, and nothing left after close.
+
+Only `local` exists so far; docker and swarm join the `backend_name` parameters later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from optdse.config import ServerConfig
+from optdse.deploy.base import Backend, DeployError
+from optdse.deploy.cgroups import CgroupDriver
+from optdse.deploy.local import LocalBackend, wait_available
+from optdse.deploy.runs import state_dir
+
+
+def leftovers(backend: Backend, ids: tuple[str, ...]) -> list[str]:
+    """What of this backend's making still exists after close()."""
+    if isinstance(backend, LocalBackend):
+        found = [f"process {pid}" for pid in ids if psutil.pid_exists(int(pid))]
+        if backend.driver is not None:
+            found += [str(d) for tree in backend.driver.trees() if (d := tree / "optdse" / backend.run.run_id).exists()]
+        if backend.run.directory.exists():
+            found.append(str(backend.run.directory))
+        return found
+    raise NotImplementedError(type(backend).__name__)
+
+
+@pytest.fixture(params=["local"])
+def backend(request: pytest.FixtureRequest, mnist_base_path: Path, cgroup_driver: CgroupDriver,
+            monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Backend]:
+    monkeypatch.setenv("OPTDSE_STATE_DIR", str(tmp_path / "state"))
+    made = LocalBackend(mnist_base_path, warn=pytest.fail)
+    yield made
+    made.close()
+
+
+def config(replicas: int = 1, cpus: float = 0.5, memory_mb: int = 1000) -> ServerConfig:
+    return ServerConfig(model="mnist", replicas=replicas, cpus=cpus, memory_mb=memory_mb)
+
+
+class TestBackendContract:
+    def test_deploy_gives_ready_loopback_endpoints_and_close_leaves_nothing(self, backend: Backend) -> None:
+        endpoints = backend.apply(config(replicas=2))
+        assert len(endpoints) == 2 and len({e.port for e in endpoints}) == 2
+        for endpoint in endpoints:
+            assert endpoint.host == "127.0.0.1"
+            wait_available(endpoint.target, "mnist", timeout=5)
+        ids = backend.replica_ids()
+        sample = backend.usage()
+        assert len(sample.cpu_seconds) == 2 and all(c > 0 for c in sample.cpu_seconds)  # it loaded a model
+        backend.close()
+        assert leftovers(backend, ids) == []
+        backend.close()  # twice is fine
+
+    def test_reuse_in_place_limits_and_scaling(self, backend: Backend) -> None:
+        backend.apply(config(replicas=1, cpus=0.5, memory_mb=1000))
+        first = backend.replica_ids()
+        backend.apply(config(replicas=1, cpus=0.5, memory_mb=1000))
+        assert backend.replica_ids() == first, "an unchanged server config redeployed"
+        backend.apply(config(replicas=1, cpus=1.5, memory_mb=600))
+        assert backend.replica_ids() == first, "a limit change redeployed instead of updating in place"
+        if isinstance(backend, LocalBackend) and backend.driver and backend.driver.version == 1:
+            group = backend.replicas[0].cgroup
+            assert group is not None
+            assert (group.cpu_dir / "cpu.cfs_quota_us").read_text().strip() == "150000"
+            assert (group.memory_dir / "memory.limit_in_bytes").read_text().strip() == str(600 * 2**20)
+        backend.apply(config(replicas=3, cpus=1.5, memory_mb=600))
+        grown = backend.replica_ids()
+        assert len(grown) == 3 and grown[0] == first[0]
+        backend.apply(config(replicas=2, cpus=1.5, memory_mb=600))
+        assert backend.replica_ids() == grown[:2]
+
+    def test_too_little_memory_is_reported_as_oom_and_the_backend_goes_on(self, backend: Backend) -> None:
+        with pytest.raises(DeployError) as caught:
+            backend.apply(config(replicas=1, memory_mb=64))
+        assert caught.value.reason == "OOM"
+        assert "64 MB" in caught.value.message
+        assert backend.replica_ids() == ()
+        endpoints = backend.apply(config(replicas=1, memory_mb=1000))
+        wait_available(endpoints[0].target, "mnist", timeout=5)
+
+    def test_state_is_recorded_for_clean_while_running(self, backend: Backend) -> None:
+        backend.apply(config())
+        if isinstance(backend, LocalBackend):
+            records = sorted(p.name for p in (state_dir() / backend.run.run_id).glob("replica-*.json"))
+            assert records == ["replica-0.json"]

@@ -1,0 +1,50 @@
+"""The load generator against a real optdse-serve, and the window cut on its real records."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from optdse.deploy.local import free_port
+from optdse.load import LoadPlan, run_load
+from optdse.measurement import cut_window
+from optdse.payloads import build_payload
+from tests.serving_process import ServerProcess
+
+
+def plan(targets: tuple[str, ...], threads: int, requests: int, file_size: int = 4, processes: int = 0) -> LoadPlan:
+    payload = build_payload("mnist", file_size)
+    return LoadPlan(targets=targets, body=payload.body, batch=payload.batch, threads=threads,
+                    requests=requests, processes=processes, deadline_s=10)
+
+
+def test_every_request_is_sent_timed_and_answered(server: ServerProcess) -> None:
+    result = run_load(plan((f"127.0.0.1:{server.port}",), threads=6, requests=300, processes=2))
+    assert len(result.send) == 300 and result.ok.all() and result.error_codes == {}
+    assert sorted(np.bincount(result.thread).tolist()) == [50] * 6  # split evenly over 6 threads
+    assert np.all(np.diff(result.send) >= 0)  # sorted by send time
+    assert result.started <= result.send[0] and result.send[-1] + result.latency[-1] <= result.finished
+    assert len(result.client_cpu_seconds) == 2 and result.client_cpu_cores > 0
+
+
+def test_requests_spread_over_replicas_and_failures_are_counted_not_fatal(server: ServerProcess) -> None:
+    dead = f"127.0.0.1:{free_port()}"  # nobody listens: every request there fails
+    result = run_load(plan((f"127.0.0.1:{server.port}", dead), threads=2, requests=100, processes=1))
+    assert len(result.send) == 100
+    assert result.ok.sum() == 50 and result.error_codes == {"UNAVAILABLE": 50}
+
+
+def test_a_reply_with_the_wrong_shape_is_an_error(server: ServerProcess) -> None:
+    honest = plan((f"127.0.0.1:{server.port}",), threads=1, requests=5, file_size=3)
+    lying = LoadPlan(**{**honest.__dict__, "batch": 4})  # expects 4 rows, the server answers 3
+    result = run_load(lying)
+    assert result.error_codes == {"BAD_RESPONSE": 1}
+
+
+def test_the_window_cuts_warm_up_and_cool_down(server: ServerProcess) -> None:
+    result = run_load(plan((f"127.0.0.1:{server.port}",), threads=4, requests=400))
+    window = cut_window(result, warmup_fraction=0.1)
+    inside = result.send[window.mask]
+    assert window.mask[:40].sum() == 0 and window.mask[40]  # the first 10% by send time are warm-up
+    first_thread_done = min(result.send[result.thread == t].max() for t in range(4))
+    assert window.end == first_thread_done and (inside < first_thread_done).all()
+    assert 200 < window.mask.sum() < 360

@@ -1,0 +1,85 @@
+"""Study and search-space files: the shipped ones load; every mistake is one clear line, exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from optdse.spec import SpecError, load_study
+from tests.optdse_tests.conftest import SPACE, optdse, write_study
+
+
+def test_shipped_study_loads_with_the_issue_space() -> None:
+    study = load_study("mnist-pareto")
+    params = study.space.parameters
+    assert (params["threads"].low, params["threads"].high, params["threads"].log) == (1, 64, True)
+    assert (params["file_size"].low, params["file_size"].high, params["file_size"].log) == (1, 128, True)
+    assert (params["replicas"].low, params["replicas"].high) == (1, 8)
+    assert (params["cpus"].low, params["cpus"].high) == (0.1, 2.0)
+    assert (params["memory_mb"].low, params["memory_mb"].high) == (128, 2048)
+    assert study.spec.requests == 1000
+    assert [o.metric for o in study.spec.objectives] == ["art_ms", "acu_cores"]
+    assert study.spec.enqueue == [{"replicas": 1, "cpus": 1.0, "memory_mb": 1000, "file_size": 1}]
+
+
+BAD_STUDIES = [
+    ({"trials": 0}, "trials", "greater than or equal to 1"),
+    ({"backend": "kubernetes"}, "backend", "'local'"),
+    ({"requests": "many"}, "requests", "valid integer"),
+    ({"colour": "blue"}, "colour", "unknown key; allowed: model"),
+    ({"model": "resnet"}, "model", "'mnist'"),
+    ({"search_space": "nope.yaml"}, "search_space", "no file"),
+    ({"objectives": "[{metric: speed, direction: minimize}]"}, "objectives.0.metric", "art_ms"),
+    ({"sampler": "{name: cmaes}"}, "sampler.name", "'tpe'"),
+    ({"enqueue": "[{replicas: 99}]"}, "enqueue.0.replicas", "range 1..2"),
+    ({"enqueue": "[{gpus: 1}]"}, "enqueue", "unknown parameter gpus; allowed: threads"),
+    ({"trials": "[1"}, "line", "not valid YAML"),
+]
+
+BAD_SPACES = [
+    (SPACE.replace("high: 4}", "high: 0}"), "parameters.threads", "low must be below high"),
+    (SPACE.replace("{low: 1, high: 4}", "{low: 0, high: 4}"), "parameters.threads", "must be >= 1 (got 0)"),
+    (SPACE.replace("threads:", "gpus:"), "parameters.gpus", "'threads'"),
+    (SPACE.replace("  replicas:  {low: 1, high: 2}\n", ""), "parameters", "missing replicas"),
+    (SPACE.replace("{low: 1, high: 2}", "{low: 1.5, high: 2}"), "parameters.replicas", "whole numbers"),
+    (SPACE.replace("step: 0.1", "log: true, step: 0.1"), "parameters.cpus", "log and step"),
+    (SPACE.replace("{value: 1000}", "{value: 1000, high: 3}"), "parameters.memory_mb", "unknown key"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "key", "allowed"), BAD_STUDIES)
+def test_a_bad_study_file_is_one_line_naming_file_key_and_what_is_allowed(
+        tmp_path: Path, overrides: dict[str, object], key: str, allowed: str) -> None:
+    path = write_study(tmp_path, "bad", **overrides)
+    with pytest.raises(SpecError) as caught:
+        load_study(str(path))
+    line = str(caught.value)
+    assert "\n" not in line
+    assert line.startswith(f"{path}: {key}"), line
+    assert allowed in line, line
+
+
+@pytest.mark.parametrize(("space", "key", "allowed"), BAD_SPACES)
+def test_a_bad_search_space_names_the_space_file(tmp_path: Path, space: str, key: str, allowed: str) -> None:
+    path = write_study(tmp_path, "bad", space=space)
+    with pytest.raises(SpecError) as caught:
+        load_study(str(path))
+    line = str(caught.value)
+    assert line.startswith(f"{tmp_path / 'search_spaces' / 'bad.yaml'}: {key}"), line
+    assert allowed in line, line
+
+
+def test_the_cli_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:
+    path = write_study(tmp_path, "bad", trials=-3)
+    done = optdse(tmp_path, "study", str(path))
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"{path}: trials:" in done.stderr
+
+
+def test_an_unknown_study_name_lists_the_known_ones(tmp_path: Path) -> None:
+    done = optdse(tmp_path, "study", "no-such-study")
+    assert done.returncode == 2
+    assert "no-such-study.yaml: file not found; known studies: mnist-pareto" in done.stderr

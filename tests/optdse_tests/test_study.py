@@ -1,0 +1,165 @@
+"""Real studies through the CLI: trials recorded with every figure, resume, export, OOM
+recorded as failure, Ctrl-C and SIGKILL leaving nothing behind, optuna-dashboard reading it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import psutil
+import pytest
+from optuna.trial import TrialState
+
+from optdse.deploy.cgroups import CgroupDriver
+from optdse.deploy.local import free_port
+from tests.optdse_tests.conftest import SPACE, optdse, write_study
+from tests.serving_process import optdse_command
+
+pytestmark = pytest.mark.usefixtures("cgroup_driver")
+
+
+def storage(project: Path) -> str:
+    return f"sqlite:///{project / 'results' / 'optdse.db'}"
+
+
+def load(project: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage(project))
+
+
+def test_a_study_runs_records_everything_resumes_and_exports(project: Path) -> None:
+    write_study(project, "tiny")
+    done = optdse(project, "study", "tiny")
+    assert done.returncode == 0, done.stderr
+    assert "Pareto front" in done.stderr
+    study = load(project, "tiny")
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 3
+    first = study.trials[0]
+    assert {k: first.params[k] for k in ("replicas", "cpus", "file_size")} == {"replicas": 1, "cpus": 1.0,
+                                                                             "file_size": 1}
+    for trial in trials:
+        attrs = trial.user_attrs
+        assert trial.values == [attrs["art_ms"], attrs["acu_cores"]]
+        assert attrs["requests_sent"] == 200 and attrs["fixed_memory_mb"] == 1000
+        assert attrs["acu_cores"] <= trial.params["replicas"] * trial.params["cpus"] * 1.15
+        assert trial.system_attrs["constraints"] == [pytest.approx(-0.01)]  # what optuna-dashboard reads
+    assert study.metric_names == ["art_ms", "acu_cores"]
+
+    again = optdse(project, "study", "tiny", "--trials", "4", "--requests", "100")
+    assert again.returncode == 0, again.stderr
+    assert "resuming tiny: 3 of 4 trials already finished" in again.stderr
+    study = load(project, "tiny")
+    assert len(study.trials) == 4 and study.trials[3].user_attrs["requests_sent"] == 100
+
+    exported = optdse(project, "export", "tiny", "--pareto", "front.csv")
+    assert exported.returncode == 0, exported.stderr
+    front = pd.read_csv(project / "front.csv")
+    assert sorted(front["trial"]) == sorted(t.number for t in study.best_trials)
+    assert list(front.columns) == ["trial", "threads", "file_size", "replicas", "cpus", "memory_mb", "art_ms",
+                                   "acu_cores", "p95_ms", "throughput_rps", "energy_j", "energy_is_estimate"]
+    assert (front["memory_mb"] == 1000).all() and front["art_ms"].is_monotonic_increasing
+
+
+def test_optuna_dashboard_shows_the_study_and_its_pareto_front(project: Path) -> None:
+    write_study(project, "tiny", trials=2, enqueue="[]")
+    assert optdse(project, "study", "tiny").returncode == 0
+    port = free_port()
+    dashboard = subprocess.Popen([str(Path(optdse_command()[0]).parent / "optuna-dashboard"), storage(project),
+                                  "--host", "127.0.0.1", "--port", str(port), "--quiet"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as answer:
+                    studies = json.load(answer)["study_summaries"]
+                break
+            except OSError:
+                assert time.monotonic() < deadline and dashboard.poll() is None, dashboard.stderr
+                time.sleep(0.2)
+        (summary,) = [s for s in studies if s["study_name"] == "tiny"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}") as answer:
+            detail = json.load(answer)
+        assert len(detail["trials"]) == 2
+        assert detail["best_trials"] and detail["objective_names"] == ["art_ms", "acu_cores"]
+        assert all(t["constraints"] == [pytest.approx(-0.01)] for t in detail["trials"])  # shown as feasible
+    finally:
+        dashboard.terminate()
+        dashboard.wait(10)
+
+
+def test_too_little_memory_fails_the_trial_with_its_reason_and_the_study_goes_on(project: Path) -> None:
+    write_study(project, "starved", space=SPACE.replace("{value: 1000}", "{value: 64}"), trials=2, enqueue="[]")
+    done = optdse(project, "study", "starved")
+    assert done.returncode == 0, done.stderr
+    trials = load(project, "starved").trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
+    assert {t.user_attrs["fail_reason"] for t in trials} == {"OOM"}
+    assert "64 MB memory limit" in trials[0].user_attrs["fail_message"]
+    assert not list((project / "state").glob("*")), "state left behind"
+
+
+def _start_study(project: Path, name: str) -> subprocess.Popen[str]:
+    """A study in its own session, as a terminal would run it; returns once a trial finished
+    (so replicas are running and recorded) and the next one is running."""
+    process = subprocess.Popen([*optdse_command(), "study", name], cwd=project, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    assert process.stdout is not None
+    deadline = time.monotonic() + 180
+    for line in process.stdout:
+        if line.startswith("trial ") or time.monotonic() > deadline:
+            break
+    while not load(project, name).get_trials(states=(TrialState.RUNNING,)):  # the next trial has begun
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.1)
+    return process
+
+
+def _recorded_replicas(project: Path) -> list[int]:
+    return [json.loads(p.read_text())["pid"] for p in (project / "state").glob("*/replica-*.json")]
+
+
+def test_ctrl_c_records_the_trial_and_leaves_nothing_running(project: Path, cgroup_driver: CgroupDriver) -> None:
+    write_study(project, "interrupted", trials=20)
+    process = _start_study(project, "interrupted")
+    replicas = _recorded_replicas(project)
+    assert replicas
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group we started
+    assert process.wait(60) == 130
+    assert not any(psutil.pid_exists(pid) for pid in replicas)
+    assert not list((project / "state").glob("*"))
+    assert not [d for tree in cgroup_driver.trees() for d in (tree / "optdse").glob(f"{process.pid}-*")]
+    states = [t.state for t in load(project, "interrupted").trials]
+    assert TrialState.RUNNING not in states
+    failed = [t for t in load(project, "interrupted").trials if t.state == TrialState.FAIL]
+    assert [t.user_attrs["fail_reason"] for t in failed] == ["interrupted"]
+
+
+def test_a_killed_run_is_cleaned_up_and_resumed(project: Path, cgroup_driver: CgroupDriver) -> None:
+    write_study(project, "killed", trials=20)
+    process = _start_study(project, "killed")
+    replicas = _recorded_replicas(project)
+    process.kill()  # SIGKILL: no finally runs; the replicas are orphaned
+    process.wait(10)
+    assert all(psutil.pid_exists(pid) for pid in replicas)
+
+    cleaned = optdse(project, "clean")
+    assert cleaned.returncode == 0 and f"stopped processes {sorted(replicas)}" in cleaned.stdout, cleaned.stdout
+    assert not any(psutil.pid_exists(pid) for pid in replicas)
+    assert not [d for tree in cgroup_driver.trees() for d in (tree / "optdse").glob(f"{process.pid}-*")]
+    assert "nothing to clean" in optdse(project, "clean").stdout
+
+    finished_before = len(load(project, "killed").get_trials(states=(TrialState.COMPLETE,)))
+    resumed = optdse(project, "study", "killed", "--trials", str(finished_before + 2), "--requests", "100")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "left RUNNING by a killed run; marked FAIL (abandoned)" in resumed.stderr
+    trials = load(project, "killed").trials
+    assert TrialState.RUNNING not in [t.state for t in trials]
+    assert [t.user_attrs["fail_reason"] for t in trials if t.state == TrialState.FAIL] == ["abandoned"]
