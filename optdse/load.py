@@ -25,6 +25,10 @@ import numpy as np
 SATURATED_CORE = 0.9
 
 
+class LoadError(RuntimeError):
+    """The load generator itself failed (a worker died or the run overran its time bound)."""
+
+
 @dataclass(frozen=True)
 class LoadPlan:
     """Everything a run needs: where to send, what, how many, how concurrently."""
@@ -135,9 +139,9 @@ def _wait_ready(ready: multiprocessing.Queue, processes: list) -> None:  # type:
         except queue.Empty:
             dead = [p for p in processes if p.exitcode is not None]
             if dead:
-                raise RuntimeError(f"load worker {dead[0].name} exited with {dead[0].exitcode} before starting")
+                raise LoadError(f"load worker {dead[0].name} exited with {dead[0].exitcode} before starting") from None
             if time.monotonic() > deadline:
-                raise TimeoutError("load workers did not start within 60 s") from None
+                raise LoadError("load workers did not start within 60 s") from None
 
 
 def run_load(plan: LoadPlan, timeout_s: float = 3600.0) -> LoadResult:
@@ -164,10 +168,10 @@ def run_load(plan: LoadPlan, timeout_s: float = 3600.0) -> LoadResult:
                 collected.append(results.get(timeout=1.0))
             except queue.Empty:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"load did not finish within {timeout_s:g} s") from None
+                    raise LoadError(f"load did not finish within {timeout_s:g} s") from None
                 dead = [p for p in processes if p.exitcode not in (None, 0)]
                 if dead:
-                    raise RuntimeError(f"load worker {dead[0].name} exited with {dead[0].exitcode}")
+                    raise LoadError(f"load worker {dead[0].name} exited with {dead[0].exitcode}") from None
         finished = time.perf_counter()
     finally:
         for p in processes:
@@ -194,4 +198,4 @@ def run_load(plan: LoadPlan, timeout_s: float = 3600.0) -> LoadResult:
     return result
 
 
-__all__ = ["SATURATED_CORE", "LoadPlan", "LoadResult", "run_load"]
+__all__ = ["SATURATED_CORE", "LoadError", "LoadPlan", "LoadResult", "run_load"]

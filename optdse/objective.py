@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from optdse.config import Config
 from optdse.deploy.base import Backend
-from optdse.load import LoadPlan, run_load
+from optdse.load import LoadError, LoadPlan, run_load
 from optdse.measurement import Measurement, cut_window, summarize
 from optdse.monitor import Monitor
 from optdse.payloads import build_payload
@@ -32,6 +32,8 @@ def measure(backend: Backend, config: Config, client_processes: int = 0, deadlin
     monitor.start()
     try:
         load = run_load(plan)
+    except LoadError as error:
+        raise MeasureError("load", str(error)) from None
     finally:
         samples = monitor.stop()
     backend.check()  # a replica that died under load (OOM) fails the trial with its reason

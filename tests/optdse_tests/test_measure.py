@@ -70,3 +70,13 @@ def test_the_seed_findings_hold(local: LocalBackend) -> None:
     three_replicas = _art(local, replicas=3, cpus=0.2, threads=8)
     assert three_replicas.art_ms < fifth_core.art_ms / 1.5, (fifth_core.art_ms, three_replicas.art_ms)
     assert three_replicas.acu_cores > 2 * fifth_core.acu_cores
+
+
+def test_without_cgroups_it_says_so_and_still_measures(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPTDSE_NO_CGROUPS", "1")  # as on a machine where cgroups are read-only
+    done = optdse(project, "measure", "--threads", "2", "--requests", "200", "--json")
+    assert done.returncode == 0, done.stderr
+    assert "replicas run WITHOUT CPU or memory limits" in done.stderr
+    figures = json.loads(done.stdout)
+    assert figures["limits_enforced"] is False and figures["accounting"] == "psutil"
+    assert figures["acu_cores"] > 0 and figures["mem_peak_mb"] > 100  # psutil saw the TF process
