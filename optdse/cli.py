@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # log lines stay whole when piped
 
 
 def _fail(command: str, message: str, code: int = 2) -> int:
@@ -154,7 +154,7 @@ def _clean(args: argparse.Namespace) -> int:
         print("nothing to clean: no leftovers of stopped optdse runs")
         return 0
     print(f"cleaned {len(report.runs)} stopped run(s): stopped processes {report.processes or 'none'}, "
-          f"removed {len(report.cgroups)} cgroup(s)")
+          f"removed {len(report.cgroups)} cgroup directories")
     return 0
 
 

@@ -79,7 +79,13 @@ class LoadResult:
 def _worker(plan: LoadPlan, thread_ids: list[int], counts: list[int], ready: multiprocessing.Queue,
             go: multiprocessing.Event, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     """Entry point of one worker process: open channels, wait for `go`, run the threads."""
+    import signal
+
     import grpc
+
+    # Ctrl-C in a terminal reaches the whole process group; the parent decides (it stops
+    # the workers itself), so a worker does not die mid-request with a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     from optdse.protos import PREDICT_METHOD, predict_pb2
 
@@ -151,6 +157,7 @@ def run_load(plan: LoadPlan, timeout_s: float = 3600.0) -> LoadResult:
     counts = plan.thread_requests()
     workers = plan.worker_count()
     processes = []
+    collected: list[tuple[list[tuple[float, float, bool, str, int]], float, float]] = []
     for w in range(workers):
         ids = list(range(w, plan.threads, workers))
         p = context.Process(target=_worker, args=(plan, ids, [counts[i] for i in ids], ready, go, results),
@@ -161,7 +168,6 @@ def run_load(plan: LoadPlan, timeout_s: float = 3600.0) -> LoadResult:
         _wait_ready(ready, processes)
         started = time.perf_counter()
         go.set()
-        collected = []
         deadline = time.monotonic() + timeout_s
         while len(collected) < workers:
             try:
@@ -174,8 +180,9 @@ def run_load(plan: LoadPlan, timeout_s: float = 3600.0) -> LoadResult:
                     raise LoadError(f"load worker {dead[0].name} exited with {dead[0].exitcode}") from None
         finished = time.perf_counter()
     finally:
+        complete = len(collected) == workers
         for p in processes:
-            p.join(timeout=10)
+            p.join(timeout=10 if complete else 0)  # an interrupted or failed run stops them now
             if p.is_alive():
                 p.kill()
                 p.join()

@@ -46,9 +46,11 @@ class StudyProgress:
         return Group(self.progress, self.pareto_table(self.optuna_study))
 
     def trial_done(self, outcome: TrialOutcome) -> None:
-        config = self.optuna_study.trials[outcome.number].user_attrs.get("config", "")
+        attrs = self.optuna_study.trials[outcome.number].user_attrs
         mark = "[green]ok[/]" if outcome.state == TrialState.COMPLETE else "[red]FAIL[/]"
-        self.console.print(f"trial {outcome.number:>3} {mark} {config} -> {outcome.summary}")
+        self.console.print(f"trial {outcome.number:>3} {mark} {attrs.get('config', '')} -> {outcome.summary}")
+        for warning in attrs.get("warnings", []):
+            self.console.print(f"          [yellow]warning:[/] {warning}")
         self.progress.advance(self.task)
         self.live.update(self._render())
 

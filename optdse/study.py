@@ -119,9 +119,7 @@ def run_trial(optuna_study: optuna.Study, study: Study, backend: Backend, reques
         optuna_study.tell(trial, state=TrialState.FAIL)
         return TrialOutcome(trial.number, TrialState.FAIL, None, f"{error.reason}: {error.message}")
     except BaseException as error:  # Ctrl-C, or a bug: record why, then let it propagate
-        trial.set_user_attr("fail_reason", "interrupted" if isinstance(error, KeyboardInterrupt) else "error")
-        trial.set_user_attr("fail_message", f"{type(error).__name__}: {error}"[:1000])
-        optuna_study.tell(trial, state=TrialState.FAIL)
+        _record_failure(optuna_study, trial, error)
         raise
     for key, value in result.as_dict().items():
         trial.set_user_attr(key, value)
@@ -131,6 +129,17 @@ def run_trial(optuna_study: optuna.Study, study: Study, backend: Backend, reques
     summary = (f"ART {result.art_ms:.2f} ms, ACU {result.acu_cores:.3f} cores, p95 {result.p95_ms:.2f} ms, "
                f"{result.throughput_rps:.0f} req/s, errors {result.errors}")
     return TrialOutcome(trial.number, TrialState.COMPLETE, values, summary)
+
+
+def _record_failure(optuna_study: optuna.Study, trial: optuna.Trial, error: BaseException) -> None:
+    """Best effort: a second Ctrl-C or a storage error here must not hide the first error;
+    a trial left RUNNING is failed as abandoned when the study resumes."""
+    try:
+        trial.set_user_attr("fail_reason", "interrupted" if isinstance(error, KeyboardInterrupt) else "error")
+        trial.set_user_attr("fail_message", f"{type(error).__name__}: {error}"[:1000])
+        optuna_study.tell(trial, state=TrialState.FAIL)
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def run_study(study: Study, storage: str, backend: Backend, trials: int | None = None,

@@ -23,7 +23,7 @@ import psutil
 from optdse.config import ServerConfig
 from optdse.deploy.base import DeployError, Endpoint, ResourceSample
 from optdse.deploy.cgroups import Cgroup, CgroupDriver
-from optdse.deploy.runs import Run
+from optdse.deploy.runs import Run, remove_run_groups
 from optdse.protos import STATUS_AVAILABLE, get_model_status_pb2, model_service_pb2_grpc
 
 HOST = "127.0.0.1"
@@ -145,18 +145,39 @@ class Replica:
                 self.cgroup.set_cpus(cpus)
         self.cpus, self.memory_mb = cpus, memory_mb
 
-    def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM (the server drains), SIGKILL after `grace`; then remove the cgroup."""
+    def terminate(self) -> None:
+        """Ask the replica to stop (SIGTERM: the server drains), first lifting its CPU quota so
+        a replica limited to a tenth of a core does not take seconds to exit."""
         if self.process.poll() is None:
+            if self.cgroup is not None:
+                try:
+                    self.cgroup.set_cpus(None)
+                except OSError:
+                    pass
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+
+    def reap(self, deadline: float) -> None:
+        """Wait until `deadline` (time.monotonic) for the exit, SIGKILL after; remove the cgroup."""
+        try:
+            self.process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
         if self.cgroup is not None:
             self.cgroup.remove()
         self.run.forget_replica(self.name)
+
+    def stop(self, grace: float = 10.0) -> None:
+        stop_replicas([self], grace)
+
+
+def stop_replicas(replicas: list[Replica], grace: float = 10.0) -> None:
+    """Stop replicas together: all are signalled first, then all share one grace period."""
+    for replica in replicas:
+        replica.terminate()
+    deadline = time.monotonic() + grace
+    for replica in replicas:
+        replica.reap(deadline)
 
 
 class LocalBackend:
@@ -182,8 +203,10 @@ class LocalBackend:
     def apply(self, server: ServerConfig) -> list[Endpoint]:
         if self.current is not None and self.current.model != server.model:
             self._stop_all()
-        while len(self.replicas) > server.replicas:
-            self.replicas.pop().stop()
+        if len(self.replicas) > server.replicas:
+            surplus = self.replicas[server.replicas:]
+            del self.replicas[server.replicas:]
+            stop_replicas(surplus)
         for replica in list(self.replicas):
             try:
                 replica.set_limits(server.cpus, server.memory_mb)
@@ -214,8 +237,7 @@ class LocalBackend:
                     raise DeployError("timeout", f"{replica.name}: {error}; log: {replica.log_tail()}") from None
                 replica.set_limits(server.cpus, server.memory_mb)
         except BaseException:
-            for replica in started:
-                replica.stop()
+            stop_replicas(started)
             raise
         self.replicas.extend(started)
 
@@ -245,8 +267,8 @@ class LocalBackend:
                 raise error
 
     def _stop_all(self) -> None:
-        while self.replicas:
-            self.replicas.pop().stop()
+        replicas, self.replicas = self.replicas, []
+        stop_replicas(replicas)
         self.current = None
 
     def close(self) -> None:
@@ -254,11 +276,9 @@ class LocalBackend:
             self._stop_all()
         finally:
             if self.driver is not None:
-                for tree in self.driver.trees():
-                    run_dir = tree / "optdse" / self.run.run_id
-                    if run_dir.exists():
-                        run_dir.rmdir()
+                # Also groups of a replica interrupted between its mkdir and its start.
+                remove_run_groups(self.driver, self.run.run_id)
             self.run.finish()
 
 
-__all__ = ["LocalBackend", "Replica", "free_port", "serve_command", "wait_available"]
+__all__ = ["LocalBackend", "Replica", "free_port", "serve_command", "stop_replicas", "wait_available"]

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,34 +105,37 @@ def clean_stale_runs(driver: CgroupDriver | None) -> CleanReport:
         shutil.rmtree(directory, ignore_errors=True)
         report.runs.append(directory.name)
     if driver is not None:
-        for run_id, run_dirs in driver.run_dirs().items():
+        for run_id in driver.run_dirs():
             if run_id in live:
                 continue
-            for run_dir in run_dirs:
-                for group in sorted(p for p in run_dir.iterdir() if p.is_dir()):
-                    # Anything still inside optdse/<dead run>/ was put there by optdse.
-                    for pid in (int(p) for p in (group / "cgroup.procs").read_text().split()):
-                        try:
-                            _stop(psutil.Process(pid))
-                            report.processes.append(pid)
-                        except psutil.NoSuchProcess:
-                            pass
-                    remove_dir(group)
-                    report.cgroups.append(str(group))
-                remove_dir(run_dir)
+            stopped, groups = remove_run_groups(driver, run_id)
+            report.processes += stopped
+            report.cgroups += groups
             if run_id not in report.runs:
                 report.runs.append(run_id)
     report.processes = sorted(set(report.processes))
     return report
 
 
-def wait_gone(pids: list[int], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not any(psutil.pid_exists(pid) for pid in pids):
-            return True
-        time.sleep(0.05)
-    return False
+def remove_run_groups(driver: CgroupDriver, run_id: str) -> tuple[list[int], list[str]]:
+    """Remove optdse/<run_id>/ in every tree, stopping whatever is still inside.
+
+    Anything in optdse/<run id>/ was put there by that optdse run, so stopping it is safe.
+    Returns the pids stopped and the groups removed."""
+    stopped: list[int] = []
+    removed: list[str] = []
+    for run_dir in driver.run_dirs().get(run_id, set()):
+        for group in sorted(p for p in run_dir.iterdir() if p.is_dir()):
+            for pid in (int(p) for p in (group / "cgroup.procs").read_text().split()):
+                try:
+                    _stop(psutil.Process(pid))
+                    stopped.append(pid)
+                except psutil.NoSuchProcess:
+                    pass
+            remove_dir(group)
+            removed.append(str(group))
+        remove_dir(run_dir)
+    return stopped, removed
 
 
-__all__ = ["CleanReport", "Run", "clean_stale_runs", "state_dir"]
+__all__ = ["CleanReport", "Run", "clean_stale_runs", "remove_run_groups", "state_dir"]
