@@ -24,11 +24,14 @@ def _fail(command: str, message: str, code: int = 2) -> int:
     return code
 
 
-def _interrupt_on_sigterm() -> None:
-    """SIGTERM unwinds like Ctrl-C, so every `finally` that stops replicas runs."""
+def _interrupt_on_signals() -> None:
+    """Ctrl-C and SIGTERM unwind as KeyboardInterrupt, so every `finally` that stops replicas
+    runs. SIGINT is set explicitly: a process started from a background job inherits it
+    ignored, and a study that ignored Ctrl-C would leave its trial half-measured."""
     def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _model_export(args: argparse.Namespace) -> int:
@@ -74,7 +77,7 @@ def _study(args: argparse.Namespace) -> int:
         console.print(f"resuming: trials {abandoned} were left RUNNING by a killed run; marked FAIL (abandoned)")
     enqueue_seed_points(optuna_study, study)
     target = args.trials or study.spec.trials
-    _interrupt_on_sigterm()
+    _interrupt_on_signals()
     backend = _backend(args.backend or study.spec.backend, study.spec.model)
     try:
         with StudyProgress(console, optuna_study, study, target) as progress:
@@ -102,7 +105,7 @@ def _measure(args: argparse.Namespace) -> int:
 
     config = Config(ServerConfig(args.model, args.replicas, args.cpus, args.memory),
                     ClientConfig(args.threads, args.file_size, args.requests, args.warmup_fraction))
-    _interrupt_on_sigterm()
+    _interrupt_on_signals()
     backend = _backend(args.backend, args.model)
     try:
         with console.status(f"measuring {config.describe()} ..."):

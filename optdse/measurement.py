@@ -23,6 +23,9 @@ from optdse.load import LoadResult
 from optdse.monitor import Samples, watts_per_core
 
 STABLE_SPREAD = 0.10
+#: A CFS quota is granted per 100 ms period, so a replica may use a whole period's quota in a
+#: burst: over windows of a few periods ACU can differ from the quota's average by that much.
+SHORT_WINDOW_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,10 @@ def summarize(load: LoadResult, samples: Samples, window: Window, memory_peaks: 
         parts_art.append(float(load.latency[part].mean()) if part.any() else 0.0)
     spread = max(_spread(parts_rps), _spread(parts_art))
     errors = int((~load.ok).sum())
+    warnings = list(load.warnings)
+    if window.seconds < SHORT_WINDOW_S:
+        warnings.append(f"the measurement window is only {window.seconds:.2f} s: ACU over so few 100 ms CPU-quota "
+                        "periods is coarse; use more --requests")
     return Measurement(
         art_ms=float(latency_ms.mean()), p50_ms=float(p50), p90_ms=float(p90), p95_ms=float(p95),
         p99_ms=float(p99), throughput_rps=float(good.sum() / window.seconds) if window.seconds > 0 else 0.0,
@@ -125,7 +132,7 @@ def summarize(load: LoadResult, samples: Samples, window: Window, memory_peaks: 
         mem_peak_mb_per_replica=[round(m / 2**20, 1) for m in memory_peaks], energy_j=energy,
         energy_method=method, energy_is_estimate=rapl is None, client_cpu_cores=load.client_cpu_cores,
         client_busiest_worker_cores=load.busiest_worker_cores, client_processes=len(load.client_cpu_seconds),
-        accounting=accounting, limits_enforced=limits_enforced, warnings=list(load.warnings),
+        accounting=accounting, limits_enforced=limits_enforced, warnings=warnings,
         timeseries=timeseries(load, samples, window))
 
 

@@ -1,7 +1,6 @@
 """Resource accounting of the replicas while load runs: CPU, memory, energy.
 
-A background thread samples the backend's cumulative CPU seconds and memory several times a
-second. ACU over any interval (the measurement window is known only after the run) is then
+A background thread samples the backend's cumulative CPU seconds and memory every 50 ms. ACU over any interval (the measurement window is known only after the run) is then
 the difference of the cumulative CPU, interpolated at the interval's ends, divided by its
 length. The same samples give the per-second time series.
 """
@@ -60,7 +59,7 @@ class Samples:
 class Monitor:
     """Samples `backend.usage()` every `interval` seconds between `start()` and `stop()`."""
 
-    def __init__(self, backend: Backend, interval: float = 0.1) -> None:
+    def __init__(self, backend: Backend, interval: float = 0.05) -> None:
         self.backend = backend
         self.interval = interval
         self._samples: list[ResourceSample] = []

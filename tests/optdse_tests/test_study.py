@@ -48,7 +48,9 @@ def test_a_study_runs_records_everything_resumes_and_exports(project: Path) -> N
         attrs = trial.user_attrs
         assert trial.values == [attrs["art_ms"], attrs["acu_cores"]]
         assert attrs["requests_sent"] == 200 and attrs["fixed_memory_mb"] == 1000
-        assert attrs["acu_cores"] <= trial.params["replicas"] * trial.params["cpus"] * 1.15
+        # The quota holds, give or take one 100 ms CFS period's burst at each end of a short window.
+        quota = trial.params["replicas"] * trial.params["cpus"]
+        assert attrs["acu_cores"] <= quota * (1 + 0.2 / attrs["window_s"]) * 1.15, attrs["window_s"]
         assert trial.system_attrs["constraints"] == [pytest.approx(-0.01)]  # what optuna-dashboard reads
     assert study.metric_names == ["art_ms", "acu_cores"]
 
