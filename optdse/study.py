@@ -20,6 +20,7 @@ import psutil
 from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler, TPESampler
 from optuna.trial import FrozenTrial, TrialState
 
+from optdse.config import Config
 from optdse.deploy.base import Backend, DeployError
 from optdse.measurement import Measurement
 from optdse.objective import MeasureError, measure
@@ -100,18 +101,8 @@ class TrialOutcome:
 
 def run_trial(optuna_study: optuna.Study, study: Study, backend: Backend, requests: int | None) -> TrialOutcome:
     trial = optuna_study.ask()
-    me = psutil.Process()
-    for key, value in {"host": socket.gethostname(), "pid": me.pid, "pid_started": me.create_time(),
-                       "backend": backend.name}.items():
-        trial.set_user_attr(key, value)
-    config = suggest(trial, study)
-    for name, value in fixed_values(study).items():
-        trial.set_user_attr(f"fixed_{name}", value)
-    if requests:
-        config = replace(config, client=replace(config.client, requests=requests))
-    trial.set_user_attr("config", config.describe())
-    trial.set_user_attr("requests", config.client.requests)
-    try:
+    try:  # from here on, whatever happens is recorded on the trial
+        config = _configure(trial, study, backend, requests)
         result: Measurement = measure(backend, config)
     except (DeployError, MeasureError) as error:
         trial.set_user_attr("fail_reason", error.reason)
@@ -129,6 +120,23 @@ def run_trial(optuna_study: optuna.Study, study: Study, backend: Backend, reques
     summary = (f"ART {result.art_ms:.2f} ms, ACU {result.acu_cores:.3f} cores, p95 {result.p95_ms:.2f} ms, "
                f"{result.throughput_rps:.0f} req/s, errors {result.errors}")
     return TrialOutcome(trial.number, TrialState.COMPLETE, values, summary)
+
+
+def _configure(trial: optuna.Trial, study: Study, backend: Backend, requests: int | None) -> Config:
+    """The trial's configuration; records which process measures it, so a resumed study can
+    tell a trial whose run was killed from one still being measured."""
+    me = psutil.Process()
+    for key, value in {"host": socket.gethostname(), "pid": me.pid, "pid_started": me.create_time(),
+                       "backend": backend.name}.items():
+        trial.set_user_attr(key, value)
+    config = suggest(trial, study)
+    for name, value in fixed_values(study).items():
+        trial.set_user_attr(f"fixed_{name}", value)
+    if requests:
+        config = replace(config, client=replace(config.client, requests=requests))
+    trial.set_user_attr("config", config.describe())
+    trial.set_user_attr("requests", config.client.requests)
+    return config
 
 
 def _record_failure(optuna_study: optuna.Study, trial: optuna.Trial, error: BaseException) -> None:

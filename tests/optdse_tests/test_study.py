@@ -118,7 +118,8 @@ def _start_study(project: Path, name: str) -> subprocess.Popen[str]:
     for line in process.stdout:
         if line.startswith("trial ") or time.monotonic() > deadline:
             break
-    while not load(project, name).get_trials(states=(TrialState.RUNNING,)):  # the next trial has begun
+    while not [t for t in load(project, name).get_trials(states=(TrialState.RUNNING,))
+               if "config" in t.user_attrs]:  # the next trial is being measured
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.1)
     return process
