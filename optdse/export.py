@@ -19,7 +19,8 @@ def pareto_frame(study: optuna.Study) -> pd.DataFrame:
     for trial in study.best_trials:  # Optuna's front; respects constraints when they exist
         row: dict[str, object] = {"trial": trial.number}
         for name in PARAMETERS:
-            row[name] = trial.params.get(name, trial.user_attrs.get(f"fixed_{name}"))
+            value = trial.params.get(name, trial.user_attrs.get(f"fixed_{name}"))
+            row[name] = round(value, 6) if isinstance(value, float) else value  # 0.9500000000000001 -> 0.95
         for name in FIGURES:
             row[name] = trial.user_attrs.get(name)
         row["energy_is_estimate"] = trial.user_attrs.get("energy_is_estimate")
