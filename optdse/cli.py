@@ -53,15 +53,22 @@ def _model_export(args: argparse.Namespace) -> int:
 
 
 def _backend(name: str, model: str) -> Any:
-    from optdse.deploy.local import LocalBackend
+    """The named backend, ready to deploy `model` (exported on first use)."""
     from optdse.models import ensure_model
 
-    if name != "local":
-        raise ValueError(f"backend {name!r} is not available yet; allowed: local")
-    return LocalBackend(ensure_model(model, console), warn=lambda text: console.print(f"[yellow]warning:[/] {text}"))
+    base_path = ensure_model(model, console)
+    warn = lambda text: console.print(f"[yellow]warning:[/] {text}")  # noqa: E731
+    if name == "docker":
+        from optdse.deploy.docker import DockerBackend
+
+        return DockerBackend(base_path, warn=warn)
+    from optdse.deploy.local import LocalBackend
+
+    return LocalBackend(base_path, warn=warn)
 
 
 def _study(args: argparse.Namespace) -> int:
+    from optdse.deploy.base import DeployError
     from optdse.progress import StudyProgress
     from optdse.spec import SpecError, load_study
     from optdse.study import default_storage, enqueue_seed_points, fail_abandoned, open_study, run_study
@@ -78,7 +85,10 @@ def _study(args: argparse.Namespace) -> int:
     enqueue_seed_points(optuna_study, study)
     target = args.trials or study.spec.trials
     _interrupt_on_signals()
-    backend = _backend(args.backend or study.spec.backend, study.spec.model)
+    try:
+        backend = _backend(args.backend or study.spec.backend, study.spec.model)
+    except DeployError as error:
+        return _fail("study", error.message, code=1)
     try:
         with StudyProgress(console, optuna_study, study, target) as progress:
             run_study(study, storage, backend, trials=target, requests=args.requests,
@@ -106,7 +116,10 @@ def _measure(args: argparse.Namespace) -> int:
     config = Config(ServerConfig(args.model, args.replicas, args.cpus, args.memory),
                     ClientConfig(args.threads, args.file_size, args.requests, args.warmup_fraction))
     _interrupt_on_signals()
-    backend = _backend(args.backend, args.model)
+    try:
+        backend = _backend(args.backend, args.model)
+    except DeployError as error:
+        return _fail("measure", error.message, code=1)
     try:
         with console.status(f"measuring {config.describe()} ..."):
             result = measure(backend, config)
@@ -151,13 +164,16 @@ def _clean(args: argparse.Namespace) -> int:
     from optdse.deploy.cgroups import CgroupDriver
     from optdse.deploy.runs import clean_stale_runs
 
+    from optdse.deploy.docker import clean_stale_containers
+
     driver, _ = CgroupDriver.detect()
     report = clean_stale_runs(driver)
-    if not report.runs:
+    containers = clean_stale_containers(report.live)
+    if not report.runs and not containers:
         print("nothing to clean: no leftovers of stopped optdse runs")
         return 0
     print(f"cleaned {len(report.runs)} stopped run(s): stopped processes {report.processes or 'none'}, "
-          f"removed {len(report.cgroups)} cgroup directories")
+          f"removed {len(report.cgroups)} cgroup directories and containers {containers or 'none'}")
     return 0
 
 
@@ -184,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--storage", help="Optuna storage URL (default: sqlite:///results/optdse.db)")
     study.add_argument("--trials", type=_positive_int, help="finished trials to reach (default: the study file's)")
     study.add_argument("--requests", type=_positive_int, help="requests per trial (default: the study file's)")
-    study.add_argument("--backend", choices=["local"], help="where replicas run (default: the study file's)")
+    study.add_argument("--backend", choices=["local", "docker"], help="where replicas run (default: the study file's)")
     study.set_defaults(run=_study)
 
     measure = commands.add_parser("measure", help="measure one configuration, as a trial would")
@@ -196,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--memory", type=_positive_int, default=1000, help="memory per replica, MB")
     measure.add_argument("--requests", type=_positive_int, default=1000)
     measure.add_argument("--warmup-fraction", type=float, default=0.1)
-    measure.add_argument("--backend", choices=["local"], default="local")
+    measure.add_argument("--backend", choices=["local", "docker"], default="local")
     measure.add_argument("--json", action="store_true", help="print one JSON object")
     measure.set_defaults(run=_measure)
 

@@ -45,32 +45,28 @@ class CgroupDriver:
     memory: Path
 
     @classmethod
-    def detect(cls) -> tuple[CgroupDriver | None, str]:
-        """The usable layout, or None and the reason limits cannot be enforced."""
-        if os.environ.get("OPTDSE_NO_CGROUPS"):
-            return None, "OPTDSE_NO_CGROUPS is set"
+    def layout(cls) -> tuple[CgroupDriver | None, str]:
+        """The machine's cgroup layout (v1 preferred when its three controllers are mounted)."""
         mounts = _mounts()
         v1 = {ctrl: mp for fs, mp, opts in mounts if fs == "cgroup" for ctrl in ("cpu", "cpuacct", "memory")
               if ctrl in opts}
         if len(v1) == 3:
-            driver = cls(1, v1["cpu"], v1["cpuacct"], v1["memory"])
-            problem = driver._probe()
-            if problem is None:
-                return driver, ""
-            v1_problem = problem
-        else:
-            v1_problem = "no cgroup v1 cpu, cpuacct and memory controllers are mounted"
+            return cls(1, v1["cpu"], v1["cpuacct"], v1["memory"]), ""
         for fs, mp, _ in mounts:
-            if fs != "cgroup2":
-                continue
-            controllers = set((mp / "cgroup.controllers").read_text().split())
-            if {"cpu", "memory"} <= controllers:
-                driver = cls(2, mp, mp, mp)
-                problem = driver._probe()
-                if problem is None:
-                    return driver, ""
-                return None, problem
-        return None, v1_problem
+            if fs == "cgroup2" and {"cpu", "memory"} <= set((mp / "cgroup.controllers").read_text().split()):
+                return cls(2, mp, mp, mp), ""
+        return None, "neither cgroup v1 cpu, cpuacct and memory nor a cgroup v2 tree with cpu and memory is mounted"
+
+    @classmethod
+    def detect(cls) -> tuple[CgroupDriver | None, str]:
+        """A layout optdse can create groups in, or None and the reason limits cannot be enforced."""
+        if os.environ.get("OPTDSE_NO_CGROUPS"):
+            return None, "OPTDSE_NO_CGROUPS is set"
+        driver, why_not = cls.layout()
+        if driver is None:
+            return None, why_not
+        problem = driver._probe()
+        return (driver, "") if problem is None else (None, problem)
 
     def _probe(self) -> str | None:
         """Try to create optdse's root group in each tree; None if that worked."""

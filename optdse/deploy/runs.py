@@ -66,6 +66,7 @@ class CleanReport:
     runs: list[str] = field(default_factory=list)
     processes: list[int] = field(default_factory=list)
     cgroups: list[str] = field(default_factory=list)
+    live: set[str] = field(default_factory=set)  # runs whose optdse process still runs: untouched
 
 
 def _stop(process: psutil.Process, grace: float = 10.0) -> None:
@@ -90,7 +91,7 @@ def _owner_alive(directory: Path) -> bool:
 def clean_stale_runs(driver: CgroupDriver | None) -> CleanReport:
     """Stop and remove what runs whose optdse process is gone left behind. Live runs are untouched."""
     report = CleanReport()
-    live: set[str] = set()
+    live = report.live
     root = state_dir()
     for directory in sorted(root.iterdir()) if root.is_dir() else []:
         if _owner_alive(directory):

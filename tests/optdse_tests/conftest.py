@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
 
+from optdse.deploy.base import DeployError
 from optdse.deploy.cgroups import CgroupDriver
+from optdse.deploy.docker import docker_client
 from tests.serving_process import optdse_command
 
 SPACE = """\
@@ -60,5 +61,11 @@ def cgroup_driver() -> CgroupDriver:
     return driver
 
 
-def dedent(text: str) -> str:
-    return textwrap.dedent(text)
+def require_docker() -> None:
+    """Skip without a Docker engine, saying why; under CI a missing engine is a failure."""
+    try:
+        docker_client()
+    except DeployError as error:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs a Docker engine: {error.message}")
+        pytest.skip(error.message)

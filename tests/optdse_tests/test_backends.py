@@ -1,7 +1,7 @@
 """One contract, every backend (Optuna's storage tests are the model): deploy, readiness,
 reuse, limits in place, scaling, OOM reported, and nothing left after close.
 
-Only `local` exists so far; docker and swarm join the `backend_name` parameters later.
+`local` and `docker` so far; swarm joins the fixture's parameters later.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import pytest
 from optdse.config import ServerConfig
 from optdse.deploy.base import Backend, DeployError
 from optdse.deploy.cgroups import CgroupDriver
+from optdse.deploy.docker import LABEL_RUN, DockerBackend
 from optdse.deploy.local import LocalBackend, wait_available
 from optdse.deploy.runs import state_dir
+from tests.optdse_tests.conftest import require_docker
 
 
 def leftovers(backend: Backend, ids: tuple[str, ...]) -> list[str]:
@@ -28,16 +30,25 @@ def leftovers(backend: Backend, ids: tuple[str, ...]) -> list[str]:
         if backend.run.directory.exists():
             found.append(str(backend.run.directory))
         return found
+    if isinstance(backend, DockerBackend):
+        containers = backend.client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={backend.run.run_id}"})
+        return [c.name for c in containers] + ([str(backend.run.directory)] if backend.run.directory.exists() else [])
     raise NotImplementedError(type(backend).__name__)
 
 
-@pytest.fixture(params=["local"])
+@pytest.fixture(params=["local", "docker"])
 def backend(request: pytest.FixtureRequest, mnist_base_path: Path, cgroup_driver: CgroupDriver,
             monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Backend]:
     monkeypatch.setenv("OPTDSE_STATE_DIR", str(tmp_path / "state"))
-    made = LocalBackend(mnist_base_path, warn=pytest.fail)
+    made: Backend
+    if request.param == "docker":
+        require_docker()
+        made = DockerBackend(mnist_base_path, warn=pytest.fail)
+    else:
+        made = LocalBackend(mnist_base_path, warn=pytest.fail)
     yield made
     made.close()
+    assert leftovers(made, ()) == []
 
 
 def config(replicas: int = 1, cpus: float = 0.5, memory_mb: int = 1000) -> ServerConfig:
@@ -70,6 +81,10 @@ class TestBackendContract:
             assert group is not None
             assert (group.cpu_dir / "cpu.cfs_quota_us").read_text().strip() == "150000"
             assert (group.memory_dir / "memory.limit_in_bytes").read_text().strip() == str(600 * 2**20)
+        if isinstance(backend, DockerBackend):  # what `docker inspect` shows
+            host_config = backend.replicas[0].container.client.api.inspect_container(first[0])["HostConfig"]
+            assert (host_config["CpuQuota"], host_config["CpuPeriod"]) == (150000, 100000)
+            assert host_config["Memory"] == host_config["MemorySwap"] == 600 * 2**20
         backend.apply(config(replicas=3, cpus=1.5, memory_mb=600))
         grown = backend.replica_ids()
         assert len(grown) == 3 and grown[0] == first[0]
@@ -87,6 +102,9 @@ class TestBackendContract:
 
     def test_state_is_recorded_for_clean_while_running(self, backend: Backend) -> None:
         backend.apply(config())
+        if isinstance(backend, DockerBackend):
+            (container,) = backend.client.containers.list(filters={"label": f"{LABEL_RUN}={backend.run.run_id}"})
+            assert container.labels["optdse.replica"] == "replica-0"
         if isinstance(backend, LocalBackend):
             records = sorted(p.name for p in (state_dir() / backend.run.run_id).glob("replica-*.json"))
             assert records == ["replica-0.json"]

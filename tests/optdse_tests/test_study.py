@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from optdse.deploy.cgroups import CgroupDriver
 from optdse.deploy.local import free_port
-from tests.optdse_tests.conftest import SPACE, optdse, write_study
+from tests.optdse_tests.conftest import SPACE, optdse, require_docker, write_study
 from tests.serving_process import optdse_command
 
 pytestmark = pytest.mark.usefixtures("cgroup_driver")
@@ -108,10 +108,10 @@ def test_too_little_memory_fails_the_trial_with_its_reason_and_the_study_goes_on
     assert not list((project / "state").glob("*")), "state left behind"
 
 
-def _start_study(project: Path, name: str) -> subprocess.Popen[str]:
+def _start_study(project: Path, name: str, *extra: str) -> subprocess.Popen[str]:
     """A study in its own session, as a terminal would run it; returns once a trial finished
     (so replicas are running and recorded) and the next one is running."""
-    process = subprocess.Popen([*optdse_command(), "study", name], cwd=project, stdout=subprocess.PIPE,
+    process = subprocess.Popen([*optdse_command(), "study", name, *extra], cwd=project, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     assert process.stdout is not None
     deadline = time.monotonic() + 180
@@ -166,3 +166,26 @@ def test_a_killed_run_is_cleaned_up_and_resumed(project: Path, cgroup_driver: Cg
     trials = load(project, "killed").trials
     assert TrialState.RUNNING not in [t.state for t in trials]
     assert [t.user_attrs["fail_reason"] for t in trials if t.state == TrialState.FAIL] == ["abandoned"]
+
+
+def test_a_docker_study_runs_and_a_killed_one_is_cleaned(project: Path) -> None:
+    require_docker()
+    import docker
+
+    client = docker.from_env(version="auto")
+    write_study(project, "boxed", trials=2)
+    done = optdse(project, "study", "boxed", "--backend", "docker")
+    assert done.returncode == 0, done.stderr
+    trials = load(project, "boxed").get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 2 and {t.user_attrs["accounting"] for t in trials} == {"docker cgroup"}
+
+    process = _start_study(project, "boxed", "--backend", "docker", "--trials", "20")
+    process.kill()
+    process.wait(10)
+    runs = {c.labels["optdse.run"] for c in client.containers.list(all=True, filters={"label": "optdse.run"})}
+    assert any(run.startswith(f"{process.pid}-") for run in runs), runs
+    cleaned = optdse(project, "clean")
+    assert cleaned.returncode == 0 and "optdse-" in cleaned.stdout, cleaned.stdout
+    left = [c.name for c in client.containers.list(all=True, filters={"label": "optdse.run"})
+            if c.labels["optdse.run"].startswith(f"{process.pid}-")]
+    assert left == []
