@@ -52,12 +52,16 @@ def _model_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _backend(name: str, model: str) -> Any:
+def _backend(name: str, model: str, swarm_init: bool = False) -> Any:
     """The named backend, ready to deploy `model` (exported on first use)."""
     from optdse.models import ensure_model
 
     base_path = ensure_model(model, console)
     warn = lambda text: console.print(f"[yellow]warning:[/] {text}")  # noqa: E731
+    if name == "swarm":
+        from optdse.deploy.swarm import SwarmBackend
+
+        return SwarmBackend(base_path, warn=warn, swarm_init=swarm_init)
     if name == "docker":
         from optdse.deploy.docker import DockerBackend
 
@@ -86,7 +90,7 @@ def _study(args: argparse.Namespace) -> int:
     target = args.trials or study.spec.trials
     _interrupt_on_signals()
     try:
-        backend = _backend(args.backend or study.spec.backend, study.spec.model)
+        backend = _backend(args.backend or study.spec.backend, study.spec.model, args.swarm_init)
     except DeployError as error:
         return _fail("study", error.message, code=1)
     try:
@@ -117,7 +121,7 @@ def _measure(args: argparse.Namespace) -> int:
                     ClientConfig(args.threads, args.file_size, args.requests, args.warmup_fraction))
     _interrupt_on_signals()
     try:
-        backend = _backend(args.backend, args.model)
+        backend = _backend(args.backend, args.model, args.swarm_init)
     except DeployError as error:
         return _fail("measure", error.message, code=1)
     try:
@@ -173,7 +177,7 @@ def _clean(args: argparse.Namespace) -> int:
         print("nothing to clean: no leftovers of stopped optdse runs")
         return 0
     print(f"cleaned {len(report.runs)} stopped run(s): stopped processes {report.processes or 'none'}, "
-          f"removed {len(report.cgroups)} cgroup directories and containers {containers or 'none'}")
+          f"removed {len(report.cgroups)} cgroup directories and services/containers {containers or 'none'}")
     return 0
 
 
@@ -200,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--storage", help="Optuna storage URL (default: sqlite:///results/optdse.db)")
     study.add_argument("--trials", type=_positive_int, help="finished trials to reach (default: the study file's)")
     study.add_argument("--requests", type=_positive_int, help="requests per trial (default: the study file's)")
-    study.add_argument("--backend", choices=["local", "docker"], help="where replicas run (default: the study file's)")
+    study.add_argument("--backend", choices=["local", "docker", "swarm"], help="where replicas run (default: the study file's)")
+    study.add_argument("--swarm-init", action="store_true", help="swarm: initialise a single-node swarm on 127.0.0.1 "
+                                                                  "if this engine is in none")
     study.set_defaults(run=_study)
 
     measure = commands.add_parser("measure", help="measure one configuration, as a trial would")
@@ -212,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--memory", type=_positive_int, default=1000, help="memory per replica, MB")
     measure.add_argument("--requests", type=_positive_int, default=1000)
     measure.add_argument("--warmup-fraction", type=float, default=0.1)
-    measure.add_argument("--backend", choices=["local", "docker"], default="local")
+    measure.add_argument("--backend", choices=["local", "docker", "swarm"], default="local")
+    measure.add_argument("--swarm-init", action="store_true", help="swarm: initialise a single-node swarm on 127.0.0.1")
     measure.add_argument("--json", action="store_true", help="print one JSON object")
     measure.set_defaults(run=_measure)
 

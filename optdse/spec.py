@@ -121,7 +121,7 @@ class StudySpec(_Strict):
     requests: Annotated[int, Field(ge=10)] = 1000
     warmup_fraction: Annotated[float, Field(ge=0, lt=0.9)] = 0.1
     max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
-    backend: Literal["local", "docker"] = "local"
+    backend: Literal["local", "docker", "swarm"] = "local"
     sampler: Sampler = Sampler()
     enqueue: list[dict[str, float]] = Field(default_factory=list,
                                             description="configurations tried first (partial ones allowed)")

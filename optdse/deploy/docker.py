@@ -83,7 +83,7 @@ class Container:
             labels={LABEL_RUN: run.run_id, LABEL_REPLICA: name}, mem_limit=memory, memswap_limit=memory,
             volumes=host_python_mounts(model_base_path), tmpfs={"/tmp": ""}, working_dir="/tmp",
             environment={"PYTHONDONTWRITEBYTECODE": "1"})
-        self.cgroup = _container_cgroup(self.container.id)
+        self.cgroup = container_cgroup(self.container.id)
         self._last_check = 0.0
 
     @property
@@ -127,7 +127,7 @@ class Container:
             pass
 
 
-def _container_cgroup(container_id: str) -> Cgroup:
+def container_cgroup(container_id: str) -> Cgroup:
     """The container's cgroup, wherever this engine's cgroup driver put it."""
     driver, why_not = CgroupDriver.layout()
     if driver is None:
@@ -225,12 +225,19 @@ class DockerBackend:
 
 
 def clean_stale_containers(live_runs: set[str]) -> list[str]:
-    """Remove containers labelled by optdse runs that are no longer alive; return their names."""
+    """Remove the Swarm services and containers of optdse runs that are no longer alive
+    (found by their optdse.run label); return their names. Services go first, or Swarm would
+    replace the containers just removed."""
     try:
         client = docker_client()
     except DeployError:
         return []
     removed = []
+    if client.info().get("Swarm", {}).get("ControlAvailable"):
+        for service in client.services.list(filters={"label": LABEL_RUN}):
+            if service.attrs["Spec"].get("Labels", {}).get(LABEL_RUN) not in live_runs:
+                service.remove()
+                removed.append(service.name)
     for container in client.containers.list(all=True, filters={"label": LABEL_RUN}):
         if container.labels.get(LABEL_RUN) not in live_runs:
             container.remove(force=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from optdse.deploy.base import DeployError
 from optdse.deploy.cgroups import CgroupDriver
 from optdse.deploy.docker import docker_client
+from optdse.deploy.swarm import ensure_swarm
 from tests.serving_process import optdse_command
 
 SPACE = """\
@@ -59,6 +61,18 @@ def cgroup_driver() -> CgroupDriver:
             pytest.fail(f"cgroups are required under CI: {why_not}")
         pytest.skip(f"cgroups not writable here: {why_not}")
     return driver
+
+
+@pytest.fixture(scope="session")
+def swarm() -> Iterator[None]:
+    """A Swarm to deploy services in: the engine's own, or a single-node one on 127.0.0.1
+    that this fixture initialises and leaves again at the end."""
+    require_docker()
+    client = docker_client()
+    initialised = ensure_swarm(client, init=True)
+    yield
+    if initialised:
+        client.swarm.leave(force=True)
 
 
 def require_docker() -> None:

@@ -1,7 +1,8 @@
 """One contract, every backend (Optuna's storage tests are the model): deploy, readiness,
 reuse, limits in place, scaling, OOM reported, and nothing left after close.
 
-`local` and `docker` so far; swarm joins the fixture's parameters later.
+Backends differ in one point the contract allows: Swarm applies new limits by replacing its
+tasks (`service update`), so "in place" there means the same service, not the same container.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from optdse.deploy.base import Backend, DeployError
 from optdse.deploy.cgroups import CgroupDriver
 from optdse.deploy.docker import LABEL_RUN, DockerBackend
 from optdse.deploy.local import LocalBackend, wait_available
+from optdse.deploy.swarm import SwarmBackend
 from optdse.deploy.runs import state_dir
 from tests.optdse_tests.conftest import require_docker
 
@@ -30,13 +32,16 @@ def leftovers(backend: Backend, ids: tuple[str, ...]) -> list[str]:
         if backend.run.directory.exists():
             found.append(str(backend.run.directory))
         return found
-    if isinstance(backend, DockerBackend):
+    if isinstance(backend, (DockerBackend, SwarmBackend)):
+        label = {"label": f"{LABEL_RUN}={backend.run.run_id}"}
+        services = backend.client.services.list(filters=label) if isinstance(backend, SwarmBackend) else []
         containers = backend.client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={backend.run.run_id}"})
-        return [c.name for c in containers] + ([str(backend.run.directory)] if backend.run.directory.exists() else [])
+        return ([s.name for s in services] + [c.name for c in containers]
+                + ([str(backend.run.directory)] if backend.run.directory.exists() else []))
     raise NotImplementedError(type(backend).__name__)
 
 
-@pytest.fixture(params=["local", "docker"])
+@pytest.fixture(params=["local", "docker", "swarm"])
 def backend(request: pytest.FixtureRequest, mnist_base_path: Path, cgroup_driver: CgroupDriver,
             monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Backend]:
     monkeypatch.setenv("OPTDSE_STATE_DIR", str(tmp_path / "state"))
@@ -44,6 +49,9 @@ def backend(request: pytest.FixtureRequest, mnist_base_path: Path, cgroup_driver
     if request.param == "docker":
         require_docker()
         made = DockerBackend(mnist_base_path, warn=pytest.fail)
+    elif request.param == "swarm":
+        request.getfixturevalue("swarm")
+        made = SwarmBackend(mnist_base_path, warn=pytest.fail)
     else:
         made = LocalBackend(mnist_base_path, warn=pytest.fail)
     yield made
@@ -74,7 +82,14 @@ class TestBackendContract:
         first = backend.replica_ids()
         backend.apply(config(replicas=1, cpus=0.5, memory_mb=1000))
         assert backend.replica_ids() == first, "an unchanged server config redeployed"
+        service = backend.service.id if isinstance(backend, SwarmBackend) else None
         backend.apply(config(replicas=1, cpus=1.5, memory_mb=600))
+        if isinstance(backend, SwarmBackend):
+            backend.service.reload()
+            assert backend.service.id == service, "a limit change recreated the service"
+            limits = backend.service.attrs["Spec"]["TaskTemplate"]["Resources"]["Limits"]
+            assert limits == {"NanoCPUs": 1_500_000_000, "MemoryBytes": 600 * 2**20}
+            first = backend.replica_ids()  # Swarm replaced the task to apply the limits
         assert backend.replica_ids() == first, "a limit change redeployed instead of updating in place"
         if isinstance(backend, LocalBackend) and backend.driver and backend.driver.version == 1:
             group = backend.replicas[0].cgroup
@@ -105,6 +120,9 @@ class TestBackendContract:
         if isinstance(backend, DockerBackend):
             (container,) = backend.client.containers.list(filters={"label": f"{LABEL_RUN}={backend.run.run_id}"})
             assert container.labels["optdse.replica"] == "replica-0"
+        if isinstance(backend, SwarmBackend):
+            (service,) = backend.client.services.list(filters={"label": f"{LABEL_RUN}={backend.run.run_id}"})
+            assert service.id == backend.service.id
         if isinstance(backend, LocalBackend):
             records = sorted(p.name for p in (state_dir() / backend.run.run_id).glob("replica-*.json"))
             assert records == ["replica-0.json"]

@@ -189,3 +189,16 @@ def test_a_docker_study_runs_and_a_killed_one_is_cleaned(project: Path) -> None:
     left = [c.name for c in client.containers.list(all=True, filters={"label": "optdse.run"})
             if c.labels["optdse.run"].startswith(f"{process.pid}-")]
     assert left == []
+
+
+@pytest.mark.usefixtures("swarm")
+def test_a_swarm_study_runs_and_leaves_no_service(project: Path) -> None:
+    import docker
+
+    write_study(project, "swarmed", trials=2)
+    done = optdse(project, "study", "swarmed", "--backend", "swarm")
+    assert done.returncode == 0, done.stderr
+    trials = load(project, "swarmed").get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 2 and {t.user_attrs["backend"] for t in trials} == {"swarm"}
+    client = docker.from_env(version="auto")
+    assert client.services.list(filters={"label": "optdse.run"}) == []

@@ -1,0 +1,201 @@
+"""Replicas as the tasks of one Docker Swarm service: the seed's compose `deploy:` section.
+
+One service per run: `replicas`, `resources.limits` (cpus, memory) and `restart_policy:
+on-failure`, as in serving/docker-compose.yml. Tasks join the host network; each task's
+optdse-serve listens on 127.0.0.1 at base port + its slot ({{.Task.Slot}}), so every replica
+has its own loopback port and nothing leaves the machine. Limits and the replica count change
+with `service update` (Swarm replaces tasks to apply new limits; optdse waits for the update
+to complete and every slot to answer AVAILABLE).
+
+Swarm is initialised by optdse only when asked (`--swarm-init`), bound to 127.0.0.1.
+Unlike the local and docker backends, the CPU limit holds from the task's start (it is part
+of the service spec), so replicas with a small CPU share take longer to become ready.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from optdse.config import ServerConfig
+from optdse.deploy.base import DeployError, Endpoint, ResourceSample
+from optdse.deploy.cgroups import Cgroup
+from optdse.deploy.docker import (
+    LABEL_RUN,
+    container_cgroup,
+    docker_client,
+    ensure_host_python_image,
+    host_python_mounts,
+)
+from optdse.deploy.local import HOST, wait_available
+from optdse.deploy.runs import Run
+
+PORT_RANGE = range(20000, 30000, 100)  # a base port per service; slots take base+1 .. base+99
+
+
+def ensure_swarm(client: Any, init: bool) -> bool:
+    """True if this call initialised the swarm; DeployError if there is none and `init` is off."""
+    state = client.info().get("Swarm", {}).get("LocalNodeState")
+    if state == "active":
+        return False
+    if not init:
+        raise DeployError("swarm", "this Docker engine is not in a swarm; pass --swarm-init to let optdse "
+                                   "initialise a single-node swarm bound to 127.0.0.1")
+    client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
+    return True
+
+
+def _free_base_port() -> int:
+    for base in PORT_RANGE:
+        ports = range(base + 1, base + 9)
+        try:
+            for port in ports:
+                with socket.socket() as sock:
+                    sock.bind((HOST, port))
+            return base
+        except OSError:
+            continue
+    raise DeployError("swarm", "no free block of loopback ports for the service's tasks")
+
+
+class SwarmBackend:
+    name = "swarm"
+    limits_enforced = True
+    accounting = "docker cgroup"
+
+    def __init__(self, model_base_path: Path, warn: Callable[[str], None] = print, swarm_init: bool = False,
+                 ready_timeout: float = 240.0) -> None:
+        self.client = docker_client()
+        self.initialised_swarm = ensure_swarm(self.client, swarm_init)
+        self.model_base_path = model_base_path
+        self.ready_timeout = ready_timeout
+        self.image = ensure_host_python_image(self.client)
+        self.run = Run.start()
+        self.service: Any = None
+        self.current: ServerConfig | None = None
+        self.base_port = 0
+        self._tasks: list[tuple[int, str, Cgroup]] = []  # (slot, container id, cgroup) of running tasks
+        self._last_oom_check = 0.0
+
+    def _spec(self, server: ServerConfig) -> dict[str, Any]:
+        """Everything a service create or update needs (the SDK's update replaces the whole spec)."""
+        from docker.types import Mount, Resources, RestartPolicy, ServiceMode, UpdateConfig
+
+        serve = (f"exec {Path(sys.prefix) / 'bin' / 'optdse-serve'} --port=$(({self.base_port} + SLOT)) "
+                 f"--rest_api_port=0 --host={HOST} --model_name={server.model} "
+                 f"--model_base_path={self.model_base_path.resolve()}")
+        mounts = [Mount(target=p, source=p, type="bind", read_only=True)
+                  for p in host_python_mounts(self.model_base_path)]
+        memory = server.memory_mb * 2**20
+        return {
+            "image": self.image, "command": ["/bin/sh", "-c", serve], "name": f"optdse-{self.run.run_id}",
+            "labels": {LABEL_RUN: self.run.run_id}, "container_labels": {LABEL_RUN: self.run.run_id},
+            "env": ["SLOT={{.Task.Slot}}", "PYTHONDONTWRITEBYTECODE=1"], "mounts": mounts, "workdir": "/",
+            "networks": ["host"], "mode": ServiceMode("replicated", replicas=server.replicas),
+            "resources": Resources(cpu_limit=int(server.cpus * 1e9), mem_limit=memory),
+            "restart_policy": RestartPolicy(condition="on-failure", max_attempts=0),
+            # Between trials nothing is serving: replace every task at once, with a short grace.
+            "update_config": UpdateConfig(parallelism=0, delay=0, order="stop-first"),
+            "stop_grace_period": 2 * 10**9,
+        }
+
+    def apply(self, server: ServerConfig) -> list[Endpoint]:
+        if self.service is None:
+            self.base_port = _free_base_port()
+            self.service = self.client.services.create(**self._spec(server))
+        elif server != self.current:
+            self.service.reload()
+            self.service.update(**self._spec(server))
+        self.current = server
+        self._wait_ready(server)
+        return [Endpoint(replica=slot, host=HOST, port=self.base_port + slot) for slot, _, _ in self._tasks]
+
+    def _wait_ready(self, server: ServerConfig) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            self.service.reload()
+            update = self.service.attrs.get("UpdateStatus", {}).get("State", "completed")
+            tasks = self.service.tasks(filters={"desired-state": "running"})
+            self._raise_if_oom(server)
+            running = [t for t in tasks if t["Status"]["State"] == "running"]
+            if update in ("completed", "") and len(running) == server.replicas == len(tasks):
+                self._tasks = sorted((t["Slot"], t["Status"]["ContainerStatus"]["ContainerID"],
+                                      container_cgroup(t["Status"]["ContainerStatus"]["ContainerID"]))
+                                     for t in running)
+                for slot, _, _ in self._tasks:
+                    try:
+                        wait_available(f"{HOST}:{self.base_port + slot}", server.model,
+                                       max(1.0, deadline - time.monotonic()), self._no_oom_yet)
+                    except ChildProcessError:
+                        self._raise_if_oom(server)
+                return
+            time.sleep(0.3)
+        raise DeployError("timeout", f"service {self.service.name} not ready after {self.ready_timeout:g} s")
+
+    def _oom_killed_task(self) -> int | None:
+        """The slot of a task whose container the kernel OOM-killed, if any."""
+        for task in self.service.tasks():
+            container_id = task["Status"].get("ContainerStatus", {}).get("ContainerID")
+            if task["Status"]["State"] in ("failed", "shutdown", "complete") and container_id:
+                try:
+                    state = self.client.api.inspect_container(container_id)["State"]
+                except Exception:  # noqa: BLE001  # already removed
+                    continue
+                if state.get("OOMKilled"):
+                    return int(task["Slot"])
+        return None
+
+    def _raise_if_oom(self, server: ServerConfig) -> None:
+        slot = self._oom_killed_task()
+        if slot is not None:
+            self._remove_service()
+            raise DeployError("OOM", f"task {slot} was killed by its {server.memory_mb} MB memory limit")
+
+    def _no_oom_yet(self) -> bool:
+        """Readiness keeps polling while this is True; Swarm restarts OOM-killed tasks on its
+        own, so without this check a too-small limit would look like a slow start."""
+        now = time.monotonic()
+        if now - self._last_oom_check < 0.5:
+            return True
+        self._last_oom_check = now
+        return self._oom_killed_task() is None
+
+    def replica_ids(self) -> tuple[str, ...]:
+        return tuple(container for _, container, _ in self._tasks)
+
+    def usage(self) -> ResourceSample:
+        return ResourceSample(time=time.perf_counter(), cpu_seconds=tuple(c.cpu_seconds() for _, _, c in self._tasks),
+                              memory_bytes=tuple(c.memory_bytes() for _, _, c in self._tasks))
+
+    def memory_peaks(self) -> tuple[int, ...]:
+        return tuple(c.memory_peak() or 0 for _, _, c in self._tasks)
+
+    def reset_peaks(self) -> None:
+        for _, _, group in self._tasks:
+            group.reset_peak()
+
+    def check(self) -> None:
+        if self.current is not None and self.service is not None:
+            self._raise_if_oom(self.current)
+
+    def _remove_service(self) -> None:
+        if self.service is not None:
+            service, self.service, self.current, self._tasks = self.service, None, None, []
+            service.remove()
+            deadline = time.monotonic() + 60  # its containers go away asynchronously
+            label = f"{LABEL_RUN}={self.run.run_id}"
+            while self.client.containers.list(all=True, filters={"label": label}) and time.monotonic() < deadline:
+                time.sleep(0.3)
+
+    def close(self) -> None:
+        try:
+            self._remove_service()
+        finally:
+            self.run.finish()
+
+
+__all__ = ["SwarmBackend", "ensure_swarm"]
