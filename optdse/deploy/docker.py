@@ -48,6 +48,13 @@ def docker_client() -> Any:
                                     "install one (apt-get install docker.io) and start dockerd") from None
 
 
+def docker_errors() -> Any:
+    """docker.errors, imported only when a Docker backend is in use."""
+    import docker.errors
+
+    return docker.errors
+
+
 def ensure_host_python_image(client: Any) -> str:
     """The empty image the host-python mode runs in, imported once (no registry needed)."""
     import docker
@@ -174,7 +181,10 @@ class DockerBackend:
             for _ in range(count):
                 name = f"replica-{self._next_index}"
                 self._next_index += 1
-                started.append(Container(self.client, name, self.run, server, self.model_base_path, self.image))
+                try:
+                    started.append(Container(self.client, name, self.run, server, self.model_base_path, self.image))
+                except docker_errors().APIError as error:
+                    raise DeployError("docker", f"cannot start {name}: {error.explanation or error}") from None
             for replica in started:
                 try:
                     wait_available(replica.endpoint.target, server.model, self.ready_timeout, replica.running)

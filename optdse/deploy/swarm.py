@@ -28,6 +28,7 @@ from optdse.deploy.docker import (
     LABEL_RUN,
     container_cgroup,
     docker_client,
+    docker_errors,
     ensure_host_python_image,
     host_python_mounts,
 )
@@ -104,12 +105,15 @@ class SwarmBackend:
         }
 
     def apply(self, server: ServerConfig) -> list[Endpoint]:
-        if self.service is None:
-            self.base_port = _free_base_port()
-            self.service = self.client.services.create(**self._spec(server))
-        elif server != self.current:
-            self.service.reload()
-            self.service.update(**self._spec(server))
+        try:
+            if self.service is None:
+                self.base_port = _free_base_port()
+                self.service = self.client.services.create(**self._spec(server))
+            elif server != self.current:
+                self.service.reload()
+                self.service.update(**self._spec(server))
+        except docker_errors().APIError as error:
+            raise DeployError("swarm", f"service create/update refused: {error.explanation or error}") from None
         self.current = server
         self._wait_ready(server)
         return [Endpoint(replica=slot, host=HOST, port=self.base_port + slot) for slot, _, _ in self._tasks]

@@ -25,7 +25,7 @@ def test_shipped_study_loads_with_the_issue_space() -> None:
 
 BAD_STUDIES = [
     ({"trials": 0}, "trials", "greater than or equal to 1"),
-    ({"backend": "kubernetes"}, "backend", "'local' or 'docker'"),
+    ({"backend": "kubernetes"}, "backend", "'local', 'docker' or 'swarm'"),
     ({"requests": "many"}, "requests", "valid integer"),
     ({"colour": "blue"}, "colour", "unknown key; allowed: model"),
     ({"model": "resnet"}, "model", "'mnist'"),
