@@ -248,7 +248,7 @@ def clean_stale_containers(live_runs: set[str]) -> list[str]:
             if service.attrs["Spec"].get("Labels", {}).get(LABEL_RUN) not in live_runs:
                 service.remove()
                 removed.append(service.name)
-    for container in client.containers.list(all=True, filters={"label": LABEL_RUN}):
+    for container in client.containers.list(all=True, filters={"label": LABEL_RUN}, ignore_removed=True):
         if container.labels.get(LABEL_RUN) not in live_runs:
             container.remove(force=True)
             removed.append(container.name)

@@ -7,7 +7,8 @@ has its own loopback port and nothing leaves the machine. Limits and the replica
 with `service update` (Swarm replaces tasks to apply new limits; optdse waits for the update
 to complete and every slot to answer AVAILABLE).
 
-Swarm is initialised by optdse only when asked (`--swarm-init`), bound to 127.0.0.1.
+Swarm is initialised by optdse only when asked (`--swarm-init`), bound to 127.0.0.1, and left
+again when the run ends.
 Unlike the local and docker backends, the CPU limit holds from the task's start (it is part
 of the service spec), so replicas with a small CPU share take longer to become ready.
 """
@@ -191,13 +192,17 @@ class SwarmBackend:
             service, self.service, self.current, self._tasks = self.service, None, None, []
             service.remove()
             deadline = time.monotonic() + 60  # its containers go away asynchronously
-            label = f"{LABEL_RUN}={self.run.run_id}"
-            while self.client.containers.list(all=True, filters={"label": label}) and time.monotonic() < deadline:
+            label = f"{LABEL_RUN}={self.run.run_id}"  # ignore_removed: tasks vanish while listed
+            while self.client.containers.list(all=True, filters={"label": label}, ignore_removed=True) and time.monotonic() < deadline:
                 time.sleep(0.3)
 
     def close(self) -> None:
+        """Remove the service; leave the swarm too if this run initialised it (--swarm-init)."""
         try:
             self._remove_service()
+            if self.initialised_swarm:
+                self.client.swarm.leave(force=True)
+                self.initialised_swarm = False
         finally:
             self.run.finish()
 
