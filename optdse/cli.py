@@ -82,7 +82,12 @@ def _study(args: argparse.Namespace) -> int:
     except SpecError as error:
         return _fail("study", str(error))
     storage = args.storage or default_storage()
-    optuna_study = open_study(study, storage)
+    try:
+        optuna_study = open_study(study, storage)
+    except ValueError as error:  # objectives differ from the stored study's
+        return _fail("study", str(error))
+    except Exception as error:  # noqa: BLE001  # a URL Optuna/SQLAlchemy cannot open: say which, no traceback
+        return _fail("study", f"--storage {storage}: cannot open it ({type(error).__name__}: {error})")
     abandoned = fail_abandoned(optuna_study)
     if abandoned:
         console.print(f"resuming: trials {abandoned} were left RUNNING by a killed run; marked FAIL (abandoned)")
