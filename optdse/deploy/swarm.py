@@ -137,6 +137,9 @@ class SwarmBackend:
                                        max(1.0, deadline - time.monotonic()), self._no_oom_yet)
                     except ChildProcessError:
                         self._raise_if_oom(server)
+                        raise DeployError("exited", f"task {slot} stopped before it was ready") from None
+                    except TimeoutError as error:
+                        raise DeployError("timeout", f"task {slot}: {error}") from None
                 return
             time.sleep(0.3)
         raise DeployError("timeout", f"service {self.service.name} not ready after {self.ready_timeout:g} s")
