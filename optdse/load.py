@@ -17,7 +17,7 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -201,7 +201,7 @@ def run_load(plan: LoadPlan, timeout_s: float = 3600.0) -> LoadResult:
     if result.busiest_worker_cores > SATURATED_CORE:
         warning = (f"the load generator saturated a core ({result.busiest_worker_cores:.2f} cores in one "
                    f"worker process): response times may include client queueing")
-        result = LoadResult(**{**result.__dict__, "warnings": (warning,)})
+        result = replace(result, warnings=(warning,))
     return result
 
 

@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optdse.config import Config
 from optdse.deploy.base import Backend, DeployError
+from optdse.deploy.runs import live_process
 from optdse.measurement import Measurement
 from optdse.objective import MeasureError, measure
 from optdse.space import fixed_values, suggest
@@ -83,12 +84,7 @@ def fail_abandoned(optuna_study: optuna.Study) -> list[int]:
 
 
 def _process_gone(pid: int | None, started: float | None) -> bool:
-    if pid is None:
-        return True
-    try:
-        return abs(psutil.Process(pid).create_time() - (started or 0)) > 0.5
-    except psutil.Error:
-        return True
+    return pid is None or live_process(pid, started or 0.0) is None
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import Any
 from optdse.config import ServerConfig
 from optdse.deploy.base import DeployError, Endpoint, ResourceSample
 from optdse.deploy.cgroups import CFS_PERIOD_US, Cgroup, CgroupDriver
-from optdse.deploy.local import HOST, free_port, wait_available
+from optdse.deploy.local import HOST, free_port, make_ready
 from optdse.deploy.runs import Run
 
 HOST_PYTHON_IMAGE = "optdse/host-python:empty"
@@ -97,12 +97,15 @@ class Container:
     def endpoint(self) -> Endpoint:
         return Endpoint(replica=int(self.name.rsplit("-", 1)[1]), host=HOST, port=self.port)
 
-    def running(self) -> bool:
+    def alive(self, fresh: bool = False) -> bool:
         now = time.monotonic()
-        if now - self._last_check > 0.5:  # an API call per readiness poll would be too many
+        if fresh or now - self._last_check > 0.5:  # an API call per readiness poll would be too many
             self._last_check = now
             self.container.reload()
         return self.container.status in ("created", "running")
+
+    def log_tail(self, lines: int = 3) -> str:
+        return self.container.logs(tail=lines).decode(errors="replace").strip().replace("\n", " | ")
 
     def failure(self) -> DeployError:
         self.container.reload()
@@ -110,8 +113,7 @@ class Container:
         if state.get("OOMKilled"):
             return DeployError("OOM", f"{self.name} was killed by its {self.memory_mb} MB memory limit "
                                       f"(container {self.container.short_id}, exit {state.get('ExitCode')})")
-        logs = self.container.logs(tail=3).decode(errors="replace").strip().replace("\n", " | ")
-        return DeployError("exited", f"{self.name} exited with {state.get('ExitCode')}: {logs}")
+        return DeployError("exited", f"{self.name} exited with {state.get('ExitCode')}: {self.log_tail()}")
 
     def set_limits(self, cpus: float, memory_mb: int) -> None:
         if (cpus, memory_mb) != (self.cpus, self.memory_mb):
@@ -185,14 +187,7 @@ class DockerBackend:
                     started.append(Container(self.client, name, self.run, server, self.model_base_path, self.image))
                 except docker_errors().APIError as error:
                     raise DeployError("docker", f"cannot start {name}: {error.explanation or error}") from None
-            for replica in started:
-                try:
-                    wait_available(replica.endpoint.target, server.model, self.ready_timeout, replica.running)
-                except ChildProcessError:
-                    raise replica.failure() from None
-                except TimeoutError as error:
-                    raise DeployError("timeout", f"{replica.name}: {error}") from None
-                replica.set_limits(server.cpus, server.memory_mb)
+            make_ready(started, server, self.ready_timeout)
         except BaseException:
             for replica in started:
                 replica.remove()
@@ -220,8 +215,7 @@ class DockerBackend:
 
     def check(self) -> None:
         for replica in list(self.replicas):
-            replica._last_check = 0.0
-            if not replica.running():
+            if not replica.alive(fresh=True):
                 error = replica.failure()
                 self._remove([replica])
                 raise error

@@ -14,8 +14,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 import psutil
@@ -66,6 +67,34 @@ def wait_available(target: str, model: str, timeout: float, alive: Callable[[], 
                 pass
             time.sleep(0.02)
     raise TimeoutError(f"{model} on {target} not AVAILABLE after {timeout:g} s")
+
+
+class StartingReplica(Protocol):
+    """What `make_ready` needs of a replica, whatever runs it (process or container)."""
+
+    name: str
+
+    @property
+    def endpoint(self) -> Endpoint: ...
+    def alive(self) -> bool: ...
+    def failure(self) -> DeployError: ...
+    def log_tail(self, lines: int = 3) -> str: ...
+    def set_limits(self, cpus: float, memory_mb: int) -> None: ...
+
+
+def make_ready(replicas: Sequence[StartingReplica], server: ServerConfig, timeout: float) -> None:
+    """Wait until each new replica serves `server.model`, then give it its CPU limit.
+
+    A replica that dies while loading fails with its own reason (OOM, exited); one that
+    never becomes AVAILABLE fails as a timeout with the end of its log."""
+    for replica in replicas:
+        try:
+            wait_available(replica.endpoint.target, server.model, timeout, replica.alive)
+        except ChildProcessError:
+            raise replica.failure() from None
+        except TimeoutError as error:
+            raise DeployError("timeout", f"{replica.name}: {error}; log: {replica.log_tail()}") from None
+        replica.set_limits(server.cpus, server.memory_mb)
 
 
 class Replica:
@@ -231,14 +260,7 @@ class LocalBackend:
                 self._next_index += 1
                 cgroup = self.driver.group(self.run.run_id, name) if self.driver else None
                 started.append(Replica(name, server.model, self.model_base_path, server.memory_mb, cgroup, self.run))
-            for replica in started:
-                try:
-                    wait_available(replica.endpoint.target, server.model, self.ready_timeout, replica.alive)
-                except ChildProcessError:
-                    raise replica.failure() from None
-                except TimeoutError as error:
-                    raise DeployError("timeout", f"{replica.name}: {error}; log: {replica.log_tail()}") from None
-                replica.set_limits(server.cpus, server.memory_mb)
+            make_ready(started, server, self.ready_timeout)
         except BaseException:
             stop_replicas(started)
             raise
@@ -284,4 +306,4 @@ class LocalBackend:
             self.run.finish()
 
 
-__all__ = ["LocalBackend", "Replica", "free_port", "serve_command", "stop_replicas", "wait_available"]
+__all__ = ["LocalBackend", "Replica", "StartingReplica", "make_ready", "free_port", "serve_command", "stop_replicas", "wait_available"]

@@ -24,7 +24,8 @@ def state_dir() -> Path:
     return Path(os.environ.get("OPTDSE_STATE_DIR", f"/tmp/optdse-{os.getuid()}"))
 
 
-def _alive(pid: int, create_time: float) -> psutil.Process | None:
+def live_process(pid: int, create_time: float) -> psutil.Process | None:
+    """The process `pid` if it is still the one that started at `create_time`, else None."""
     try:
         process = psutil.Process(pid)
         same = abs(process.create_time() - create_time) < 0.5
@@ -85,7 +86,7 @@ def _owner_alive(directory: Path) -> bool:
         owner = json.loads((directory / "owner.json").read_text())
     except (OSError, ValueError):
         return False
-    return _alive(owner["pid"], owner["create_time"]) is not None
+    return live_process(owner["pid"], owner["create_time"]) is not None
 
 
 def clean_stale_runs(driver: CgroupDriver | None) -> CleanReport:
@@ -99,7 +100,7 @@ def clean_stale_runs(driver: CgroupDriver | None) -> CleanReport:
             continue
         for record in directory.glob("replica-*.json"):
             info = json.loads(record.read_text())
-            process = _alive(info["pid"], info["create_time"])
+            process = live_process(info["pid"], info["create_time"])
             if process is not None:
                 _stop(process)
                 report.processes.append(info["pid"])
@@ -139,4 +140,4 @@ def remove_run_groups(driver: CgroupDriver, run_id: str) -> tuple[list[int], lis
     return stopped, removed
 
 
-__all__ = ["CleanReport", "Run", "clean_stale_runs", "remove_run_groups", "state_dir"]
+__all__ = ["CleanReport", "Run", "live_process", "clean_stale_runs", "remove_run_groups", "state_dir"]
