@@ -52,8 +52,9 @@ def _model_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _backend(name: str, model: str, swarm_init: bool = False) -> Any:
-    """The named backend, ready to deploy `model` (exported on first use)."""
+def _backend(name: str, model: str, swarm_init: bool = False, image: str = "host-python") -> Any:
+    """The named backend, ready to deploy `model` (exported on first use) from `image`
+    (docker and swarm only)."""
     from optdse.models import ensure_model
 
     base_path = ensure_model(model, console)
@@ -61,11 +62,11 @@ def _backend(name: str, model: str, swarm_init: bool = False) -> Any:
     if name == "swarm":
         from optdse.deploy.swarm import SwarmBackend
 
-        return SwarmBackend(base_path, warn=warn, swarm_init=swarm_init)
+        return SwarmBackend(base_path, warn=warn, swarm_init=swarm_init, image=image)
     if name == "docker":
         from optdse.deploy.docker import DockerBackend
 
-        return DockerBackend(base_path, warn=warn)
+        return DockerBackend(base_path, warn=warn, image=image)
     from optdse.deploy.local import LocalBackend
 
     return LocalBackend(base_path, warn=warn)
@@ -95,7 +96,8 @@ def _study(args: argparse.Namespace) -> int:
     target = args.trials or study.spec.trials
     _interrupt_on_signals()
     try:
-        backend = _backend(args.backend or study.spec.backend, study.spec.model, args.swarm_init)
+        backend = _backend(args.backend or study.spec.backend, study.spec.model, args.swarm_init,
+                           args.image or study.spec.image)
     except DeployError as error:
         return _fail("study", error.message, code=1)
     try:
@@ -126,7 +128,7 @@ def _measure(args: argparse.Namespace) -> int:
                     ClientConfig(args.threads, args.file_size, args.requests, args.warmup_fraction))
     _interrupt_on_signals()
     try:
-        backend = _backend(args.backend, args.model, args.swarm_init)
+        backend = _backend(args.backend, args.model, args.swarm_init, args.image)
     except DeployError as error:
         return _fail("measure", error.message, code=1)
     try:
@@ -212,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--backend", choices=["local", "docker", "swarm"], help="where replicas run (default: the study file's)")
     study.add_argument("--swarm-init", action="store_true", help="swarm: initialise a single-node swarm on 127.0.0.1 "
                                                                   "if this engine is in none")
+    study.add_argument("--image", help="docker/swarm: the serving image (default: the study file's, host-python)")
     study.set_defaults(run=_study)
 
     measure = commands.add_parser("measure", help="measure one configuration, as a trial would")
@@ -225,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--warmup-fraction", type=float, default=0.1)
     measure.add_argument("--backend", choices=["local", "docker", "swarm"], default="local")
     measure.add_argument("--swarm-init", action="store_true", help="swarm: initialise a single-node swarm on 127.0.0.1")
+    measure.add_argument("--image", default="host-python",
+                         help="docker/swarm: host-python, an optdse.serve image or tensorflow/serving")
     measure.add_argument("--json", action="store_true", help="print one JSON object")
     measure.set_defaults(run=_measure)
 

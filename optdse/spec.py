@@ -7,11 +7,13 @@ A mistake in a file is reported as one line that names the file, the key and wha
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
+                      model_validator)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,9 +124,19 @@ class StudySpec(_Strict):
     warmup_fraction: Annotated[float, Field(ge=0, lt=0.9)] = 0.1
     max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
     backend: Literal["local", "docker", "swarm"] = "local"
+    image: str = Field("host-python", description="docker/swarm: host-python, an optdse.serve image "
+                                                  "(serving/Dockerfile) or tensorflow/serving")
     sampler: Sampler = Sampler()
     enqueue: list[dict[str, float]] = Field(default_factory=list,
                                             description="configurations tried first (partial ones allowed)")
+
+    @field_validator("image")
+    @classmethod
+    def _image_reference(cls, image: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9._/:@-]*", image):
+            raise ValueError("must be host-python or a Docker image reference such as optdse/serving "
+                             "or tensorflow/serving:2.19.0")
+        return image
 
     @model_validator(mode="after")
     def _enqueued_names_known(self) -> StudySpec:

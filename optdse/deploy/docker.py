@@ -7,10 +7,16 @@ is applied once the model is AVAILABLE; limits change in place with `container.u
 scaling adds or removes containers. ACU comes from the containers' own cgroups (the same
 files `docker stats` reads, without its one-second sampling).
 
-Images. Where no registry is reachable (this project's CI), the default `host-python` mode
-runs optdse-serve from this machine's Python environment inside an empty image made with
-`docker import`, with read-only bind mounts of the system directories, the interpreter and
-the project. (Registry images, serving/Dockerfile and tensorflow/serving, are not wired in yet.)
+Images (`image:` in the study file, `--image` on the command line), see ServingImage:
+- `host-python` (default): optdse-serve from this machine's Python environment inside an
+  empty image made with `docker import`, with read-only bind mounts of the system
+  directories, the interpreter and the project. It needs no registry (this project's CI).
+- An image labelled `optdse.serve` (serving/Dockerfile, e.g. `optdse/serving`): optdse-serve
+  inside the image on the host network, bound to 127.0.0.1.
+- Any other image is run as TensorFlow Serving (`tensorflow/serving`): tensorflow_model_server
+  binds every interface, so the container gets its own network namespace and its gRPC port
+  is published on 127.0.0.1 only.
+In both image modes the model is mounted read-only at /models/NAME, as tensorflow/serving expects.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ import sys
 import tarfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from optdse.config import ServerConfig
 from optdse.deploy.base import DeployError, Endpoint, ResourceSample
@@ -75,21 +82,84 @@ def host_python_mounts(model_base_path: Path) -> dict[str, dict[str, str]]:
     return {p: {"bind": p, "mode": "ro"} for p in sorted(paths) if Path(p).exists()}
 
 
+@dataclass(frozen=True)
+class ServingImage:
+    """What a replica container runs, and how: the one place the three image modes differ.
+
+    `serve_args` is the server's command line for a port (a shell expression such as
+    `$((20100 + SLOT))` for Swarm tasks); `mounts` maps host paths to (container path,
+    read-only binds); `loopback_bind` says whether the server can bind 127.0.0.1 itself,
+    which host networking requires (TF Serving cannot: it always binds every interface).
+    """
+
+    reference: str
+    mode: Literal["host-python", "optdse-serve", "tensorflow-serving"]
+    model_base_path: Path
+
+    CONTAINER_PORT = 8500  # where a published-port (tensorflow-serving) container listens
+
+    @classmethod
+    def resolve(cls, client: Any, reference: str, model_base_path: Path) -> ServingImage:
+        """The image, pulled if it is not local yet, and its mode (from its optdse.serve label)."""
+        if reference == "host-python":
+            ensure_host_python_image(client)
+            return cls(HOST_PYTHON_IMAGE, "host-python", model_base_path)
+        errors = docker_errors()
+        try:
+            image = client.images.get(reference)
+        except errors.ImageNotFound:
+            try:
+                image = client.images.pull(reference)
+            except errors.APIError as error:
+                raise DeployError("image", f"image {reference} is not on this machine and cannot be pulled "
+                                           f"({error.explanation or error}); build it (serving/build-image.sh), "
+                                           "load it (docker load), or use image: host-python") from None
+        labelled = "optdse.serve" in (image.labels or {}) and image.labels["optdse.serve"]
+        return cls(reference, "optdse-serve" if labelled else "tensorflow-serving", model_base_path)
+
+    @property
+    def loopback_bind(self) -> bool:
+        return self.mode != "tensorflow-serving"
+
+    def model_path(self, model: str) -> str:
+        """The model base path as the server inside the container sees it."""
+        return str(self.model_base_path.resolve()) if self.mode == "host-python" else f"/models/{model}"
+
+    @property
+    def executable(self) -> str:
+        return {"host-python": f"{sys.prefix}/bin/optdse-serve", "optdse-serve": "optdse-serve",
+                "tensorflow-serving": "tensorflow_model_server"}[self.mode]
+
+    def serve_args(self, port: int | str, model: str) -> list[str]:
+        """tensorflow_model_server's flags, which optdse-serve shares (plus --host)."""
+        args = [f"--port={port}", "--rest_api_port=0", f"--model_name={model}",
+                f"--model_base_path={self.model_path(model)}"]
+        return args + [f"--host={HOST}"] if self.loopback_bind else args
+
+    def mounts(self, model: str) -> dict[str, dict[str, str]]:
+        if self.mode == "host-python":
+            return host_python_mounts(self.model_base_path)
+        return {str(self.model_base_path.resolve()): {"bind": self.model_path(model), "mode": "ro"}}
+
+
 class Container:
     """One replica: its container, port and cgroup (for CPU and memory accounting)."""
 
-    def __init__(self, client: Any, name: str, run: Run, server: ServerConfig, model_base_path: Path,
-                 image: str) -> None:
+    def __init__(self, client: Any, name: str, run: Run, server: ServerConfig, image: ServingImage) -> None:
         self.name, self.port, self.memory_mb = name, free_port(), server.memory_mb
         self.cpus: float | None = None
-        command = [f"{sys.prefix}/bin/optdse-serve", f"--port={self.port}", "--rest_api_port=0", f"--host={HOST}",
-                   f"--model_name={server.model}", f"--model_base_path={model_base_path.resolve()}"]
+        if image.loopback_bind:  # the server binds 127.0.0.1 on the host's network
+            network: dict[str, Any] = {"network_mode": "host"}
+            args = image.serve_args(self.port, server.model)
+        else:  # its own network namespace, its port published on 127.0.0.1 only
+            network = {"ports": {f"{image.CONTAINER_PORT}/tcp": (HOST, self.port)}}
+            args = image.serve_args(image.CONTAINER_PORT, server.model)
         memory = f"{server.memory_mb}m"
         self.container = client.containers.run(
-            image, command, detach=True, name=f"optdse-{run.run_id}-{name}", network_mode="host",
+            image.reference, args, entrypoint=[image.executable], detach=True, name=f"optdse-{run.run_id}-{name}",
             labels={LABEL_RUN: run.run_id, LABEL_REPLICA: name}, mem_limit=memory, memswap_limit=memory,
-            volumes=host_python_mounts(model_base_path), tmpfs={"/tmp": ""}, working_dir="/tmp",
-            environment={"PYTHONDONTWRITEBYTECODE": "1"})
+            volumes=image.mounts(server.model), tmpfs={"/tmp": ""}, working_dir="/tmp",
+            environment={"PYTHONDONTWRITEBYTECODE": "1"}, **network)
         self.cgroup = container_cgroup(self.container.id)
         self._last_check = 0.0
 
@@ -154,11 +224,11 @@ class DockerBackend:
     limits_enforced = True
 
     def __init__(self, model_base_path: Path, warn: Callable[[str], None] = print,
-                 ready_timeout: float = 180.0) -> None:
+                 ready_timeout: float = 180.0, image: str = "host-python") -> None:
         self.client = docker_client()
         self.model_base_path = model_base_path
         self.ready_timeout = ready_timeout
-        self.image = ensure_host_python_image(self.client)
+        self.image = ServingImage.resolve(self.client, image, model_base_path)
         self.accounting = "docker cgroup"
         self.run = Run.start()
         self.replicas: list[Container] = []
@@ -170,8 +240,13 @@ class DockerBackend:
             self._remove(self.replicas)
         if len(self.replicas) > server.replicas:
             self._remove(self.replicas[server.replicas:])
-        for replica in self.replicas:
-            replica.set_limits(server.cpus, server.memory_mb)
+        for replica in list(self.replicas):
+            try:
+                replica.set_limits(server.cpus, server.memory_mb)
+            except docker_errors().APIError:
+                # The kernel refuses a memory limit below what the container uses now (runc:
+                # "unable to set memory limit"): start it afresh under the new limit instead.
+                self._remove([replica])
         self._start(server, server.replicas - len(self.replicas))
         self.current = server
         self.check()
@@ -184,7 +259,7 @@ class DockerBackend:
                 name = f"replica-{self._next_index}"
                 self._next_index += 1
                 try:
-                    started.append(Container(self.client, name, self.run, server, self.model_base_path, self.image))
+                    started.append(Container(self.client, name, self.run, server, self.image))
                 except docker_errors().APIError as error:
                     raise DeployError("docker", f"cannot start {name}: {error.explanation or error}") from None
             make_ready(started, server, self.ready_timeout)
@@ -249,4 +324,4 @@ def clean_stale_containers(live_runs: set[str]) -> list[str]:
     return removed
 
 
-__all__ = ["HOST_PYTHON_IMAGE", "DockerBackend", "clean_stale_containers", "docker_client"]
+__all__ = ["HOST_PYTHON_IMAGE", "DockerBackend", "ServingImage", "clean_stale_containers", "docker_client"]

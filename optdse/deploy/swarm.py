@@ -15,8 +15,8 @@ of the service spec), so replicas with a small CPU share take longer to become r
 
 from __future__ import annotations
 
+import shlex
 import socket
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,14 +25,7 @@ from typing import Any
 from optdse.config import ServerConfig
 from optdse.deploy.base import DeployError, Endpoint, ResourceSample
 from optdse.deploy.cgroups import Cgroup
-from optdse.deploy.docker import (
-    LABEL_RUN,
-    container_cgroup,
-    docker_client,
-    docker_errors,
-    ensure_host_python_image,
-    host_python_mounts,
-)
+from optdse.deploy.docker import LABEL_RUN, ServingImage, container_cgroup, docker_client, docker_errors
 from optdse.deploy.local import HOST, wait_available
 from optdse.deploy.runs import Run
 
@@ -70,12 +63,16 @@ class SwarmBackend:
     accounting = "docker cgroup"
 
     def __init__(self, model_base_path: Path, warn: Callable[[str], None] = print, swarm_init: bool = False,
-                 ready_timeout: float = 240.0) -> None:
+                 ready_timeout: float = 240.0, image: str = "host-python") -> None:
         self.client = docker_client()
+        self.image = ServingImage.resolve(self.client, image, model_base_path)
+        if not self.image.loopback_bind:
+            raise DeployError("image", f"the swarm backend cannot run {image} on loopback only: TensorFlow "
+                                       "Serving binds every interface and Swarm publishes ports on every interface; "
+                                       "use the docker backend for it, or an optdse.serve image (serving/Dockerfile)")
         self.initialised_swarm = ensure_swarm(self.client, swarm_init)
         self.model_base_path = model_base_path
         self.ready_timeout = ready_timeout
-        self.image = ensure_host_python_image(self.client)
         self.run = Run.start()
         self.service: Any = None
         self.current: ServerConfig | None = None
@@ -87,14 +84,13 @@ class SwarmBackend:
         """Everything a service create or update needs (the SDK's update replaces the whole spec)."""
         from docker.types import Mount, Resources, RestartPolicy, ServiceMode, UpdateConfig
 
-        serve = (f"exec {Path(sys.prefix) / 'bin' / 'optdse-serve'} --port=$(({self.base_port} + SLOT)) "
-                 f"--rest_api_port=0 --host={HOST} --model_name={server.model} "
-                 f"--model_base_path={self.model_base_path.resolve()}")
-        mounts = [Mount(target=p, source=p, type="bind", read_only=True)
-                  for p in host_python_mounts(self.model_base_path)]
+        serve = shlex.join([self.image.executable, *self.image.serve_args("PORT", server.model)])
+        serve = "exec " + serve.replace("--port=PORT", f"--port=$(({self.base_port} + SLOT))")
+        mounts = [Mount(target=bind["bind"], source=source, type="bind", read_only=True)
+                  for source, bind in self.image.mounts(server.model).items()]
         memory = server.memory_mb * 2**20
         return {
-            "image": self.image, "command": ["/bin/sh", "-c", serve], "name": f"optdse-{self.run.run_id}",
+            "image": self.image.reference, "command": ["/bin/sh", "-c", serve], "name": f"optdse-{self.run.run_id}",
             "labels": {LABEL_RUN: self.run.run_id}, "container_labels": {LABEL_RUN: self.run.run_id},
             "env": ["SLOT={{.Task.Slot}}", "PYTHONDONTWRITEBYTECODE=1"], "mounts": mounts, "workdir": "/",
             "networks": ["host"], "mode": ServiceMode("replicated", replicas=server.replicas),

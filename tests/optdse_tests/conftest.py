@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import ipaddress
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from optdse.deploy.base import DeployError
@@ -73,6 +76,44 @@ def swarm() -> Iterator[None]:
     yield
     if initialised:
         client.swarm.leave(force=True)
+
+
+def listens_on_loopback_only(port: int) -> bool:
+    """True if something listens on TCP `port` and every listening socket is bound to a loopback
+    address (gRPC binds 127.0.0.1 as the IPv4-mapped ::ffff:127.0.0.1)."""
+    addresses = [ipaddress.ip_address(c.laddr.ip) for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    return bool(addresses) and all((getattr(a, "ipv4_mapped", None) or a).is_loopback for a in addresses)
+
+
+SERVING_IMAGE = "optdse/serving:latest"
+TF_SERVING_LIKE_IMAGE = "optdse-test/tensorflow-serving-like:latest"
+
+
+@pytest.fixture(scope="session")
+def serving_image() -> str:
+    """serving/Dockerfile's image, which .ci/run builds (serving/build-image.sh --local-base)."""
+    require_docker()
+    try:
+        docker_client().images.get(SERVING_IMAGE)
+    except Exception:  # noqa: BLE001  # ImageNotFound
+        message = f"{SERVING_IMAGE} is not built; run serving/build-image.sh [--local-base]"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return SERVING_IMAGE
+
+
+@pytest.fixture(scope="session")
+def tf_serving_like_image(serving_image: str) -> Iterator[str]:
+    """An image optdse must run as TensorFlow Serving: serving_image with its optdse.serve label
+    emptied, so only `tensorflow_model_server` flags and a published port are used (the real
+    tensorflow/serving cannot be pulled here). Built for this session, removed after it."""
+    client = docker_client()
+    dockerfile = f"FROM {serving_image}\nLABEL optdse.serve=\"\"\n".encode()
+    client.images.build(fileobj=io.BytesIO(dockerfile), tag=TF_SERVING_LIKE_IMAGE, rm=True)
+    yield TF_SERVING_LIKE_IMAGE
+    client.images.remove(TF_SERVING_LIKE_IMAGE)
 
 
 def require_docker() -> None:

@@ -20,7 +20,7 @@ from optdse.deploy.docker import LABEL_RUN, DockerBackend
 from optdse.deploy.local import LocalBackend, wait_available
 from optdse.deploy.swarm import SwarmBackend
 from optdse.deploy.runs import state_dir
-from tests.optdse_tests.conftest import require_docker
+from tests.optdse_tests.conftest import listens_on_loopback_only, require_docker
 
 
 def leftovers(backend: Backend, ids: tuple[str, ...]) -> list[str]:
@@ -41,17 +41,26 @@ def leftovers(backend: Backend, ids: tuple[str, ...]) -> list[str]:
     raise NotImplementedError(type(backend).__name__)
 
 
-@pytest.fixture(params=["local", "docker", "swarm"])
+BACKENDS = ["local", "docker", "swarm", "docker/optdse-image", "docker/tf-serving-image", "swarm/optdse-image"]
+
+
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, mnist_base_path: Path, cgroup_driver: CgroupDriver,
             monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Backend]:
+    """Each backend, and the docker/swarm ones in each image mode (see ServingImage)."""
     monkeypatch.setenv("OPTDSE_STATE_DIR", str(tmp_path / "state"))
+    kind, _, image_mode = request.param.partition("/")
+    image = {"": "host-python", "optdse-image": "serving_image",
+             "tf-serving-image": "tf_serving_like_image"}[image_mode]
+    if image != "host-python":
+        image = request.getfixturevalue(image)
     made: Backend
-    if request.param == "docker":
+    if kind == "docker":
         require_docker()
-        made = DockerBackend(mnist_base_path, warn=pytest.fail)
-    elif request.param == "swarm":
+        made = DockerBackend(mnist_base_path, warn=pytest.fail, image=image)
+    elif kind == "swarm":
         request.getfixturevalue("swarm")
-        made = SwarmBackend(mnist_base_path, warn=pytest.fail)
+        made = SwarmBackend(mnist_base_path, warn=pytest.fail, image=image)
     else:
         made = LocalBackend(mnist_base_path, warn=pytest.fail)
     yield made
@@ -70,6 +79,7 @@ class TestBackendContract:
         for endpoint in endpoints:
             assert endpoint.host == "127.0.0.1"
             wait_available(endpoint.target, "mnist", timeout=5)
+            assert listens_on_loopback_only(endpoint.port)
         ids = backend.replica_ids()
         sample = backend.usage()
         assert len(sample.cpu_seconds) == 2 and all(c > 0 for c in sample.cpu_seconds)  # it loaded a model
@@ -115,6 +125,17 @@ class TestBackendContract:
         endpoints = backend.apply(config(replicas=1, memory_mb=1000))
         wait_available(endpoints[0].target, "mnist", timeout=5)
 
+    def test_a_memory_limit_below_current_use_restarts_the_replica_under_it(self, backend: Backend) -> None:
+        """The kernel cannot shrink a limit below what a replica uses (~200 MB after loading);
+        the backend restarts it under the new limit, which here is too small to load: OOM."""
+        backend.apply(config(replicas=1, memory_mb=1000))
+        with pytest.raises(DeployError) as caught:
+            backend.apply(config(replicas=1, memory_mb=100))
+        assert caught.value.reason == "OOM"
+        assert backend.replica_ids() == ()
+        endpoints = backend.apply(config(replicas=1, memory_mb=1000))
+        wait_available(endpoints[0].target, "mnist", timeout=5)
+
     def test_state_is_recorded_for_clean_while_running(self, backend: Backend) -> None:
         backend.apply(config())
         if isinstance(backend, DockerBackend):
@@ -126,3 +147,46 @@ class TestBackendContract:
         if isinstance(backend, LocalBackend):
             records = sorted(p.name for p in (state_dir() / backend.run.run_id).glob("replica-*.json"))
             assert records == ["replica-0.json"]
+
+
+def test_each_image_mode_runs_as_documented(mnist_base_path: Path, serving_image: str, tf_serving_like_image: str,
+                                            monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """optdse.serve images: host network, bound to 127.0.0.1. TF-Serving images: own network
+    namespace, gRPC port published on 127.0.0.1 only. Both: the model read-only at /models/mnist."""
+    monkeypatch.setenv("OPTDSE_STATE_DIR", str(tmp_path / "state"))
+    for image, host_network in ((serving_image, True), (tf_serving_like_image, False)):
+        backend = DockerBackend(mnist_base_path, warn=pytest.fail, image=image)
+        try:
+            (endpoint,) = backend.apply(config())
+            inspected = backend.client.api.inspect_container(backend.replica_ids()[0])
+            (mount,) = inspected["Mounts"]
+            assert (mount["Destination"], mount["RW"]) == ("/models/mnist", False)
+            if host_network:
+                assert inspected["HostConfig"]["NetworkMode"] == "host"
+                assert inspected["Config"]["Entrypoint"] == ["optdse-serve"]
+                assert "--host=127.0.0.1" in inspected["Args"]
+            else:
+                assert inspected["HostConfig"]["NetworkMode"] != "host"
+                assert inspected["Config"]["Entrypoint"] == ["tensorflow_model_server"]
+                assert inspected["HostConfig"]["PortBindings"] == {
+                    "8500/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(endpoint.port)}]}
+            assert listens_on_loopback_only(endpoint.port)
+            wait_available(endpoint.target, "mnist", timeout=5)
+        finally:
+            backend.close()
+        assert leftovers(backend, ()) == []
+
+
+def test_swarm_refuses_an_image_that_cannot_stay_on_loopback(mnist_base_path: Path, tf_serving_like_image: str,
+                                                            swarm: None) -> None:
+    with pytest.raises(DeployError) as caught:
+        SwarmBackend(mnist_base_path, warn=pytest.fail, image=tf_serving_like_image)
+    assert caught.value.reason == "image" and "every interface" in caught.value.message
+
+
+def test_an_image_that_is_not_there_is_a_clear_error(mnist_base_path: Path) -> None:
+    require_docker()
+    with pytest.raises(DeployError) as caught:
+        DockerBackend(mnist_base_path, warn=pytest.fail, image="optdse-test/absent:none")
+    assert caught.value.reason == "image"
+    assert "optdse-test/absent:none is not on this machine and cannot be pulled" in caught.value.message

@@ -26,6 +26,7 @@ def test_shipped_study_loads_with_the_issue_space() -> None:
 BAD_STUDIES = [
     ({"trials": 0}, "trials", "greater than or equal to 1"),
     ({"backend": "kubernetes"}, "backend", "'local', 'docker' or 'swarm'"),
+    ({"image": "'Tensorflow Serving'"}, "image", "host-python or a Docker image reference"),
     ({"requests": "many"}, "requests", "valid integer"),
     ({"colour": "blue"}, "colour", "unknown key; allowed: model"),
     ({"model": "resnet"}, "model", "'mnist'"),
