@@ -173,9 +173,8 @@ def _export(args: argparse.Namespace) -> int:
 
 def _clean(args: argparse.Namespace) -> int:
     from optdse.deploy.cgroups import CgroupDriver
-    from optdse.deploy.runs import clean_stale_runs
-
     from optdse.deploy.docker import clean_stale_containers
+    from optdse.deploy.runs import clean_stale_runs
 
     driver, _ = CgroupDriver.detect()
     report = clean_stale_runs(driver)

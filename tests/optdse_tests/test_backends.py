@@ -18,8 +18,8 @@ from optdse.deploy.base import Backend, DeployError
 from optdse.deploy.cgroups import CgroupDriver
 from optdse.deploy.docker import LABEL_RUN, DockerBackend
 from optdse.deploy.local import LocalBackend, wait_available
-from optdse.deploy.swarm import SwarmBackend
 from optdse.deploy.runs import state_dir
+from optdse.deploy.swarm import SwarmBackend
 from tests.optdse_tests.conftest import listens_on_loopback_only, require_docker
 
 
