@@ -10,6 +10,7 @@ import argparse
 import json
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -73,33 +74,67 @@ def _backend(name: str, model: str, swarm_init: bool = False, image: str = "host
 
 
 def _study(args: argparse.Namespace) -> int:
+    from optdse.study import enqueue_seed_points, open_study
+
+    def prepare(study: Any, storage: str) -> tuple[Any, int]:
+        optuna_study = open_study(study, storage)
+        _resume(optuna_study)
+        enqueue_seed_points(optuna_study, study)
+        return optuna_study, args.trials or study.spec.trials
+
+    return _run_trials("study", args, prepare)
+
+
+def _grid(args: argparse.Namespace) -> int:
+    from optdse.grid import finished_target, grid_size, grid_space, open_grid_study, retry_interrupted
+
+    def prepare(study: Any, storage: str) -> tuple[Any, int]:
+        grid = open_grid_study(study, storage, args.levels)
+        _resume(grid)
+        retried = retry_interrupted(grid)
+        if retried:
+            console.print(f"resuming: {retried} interrupted grid point(s) will be measured again")
+        size = grid_size(grid_space(study, args.levels))
+        console.print(f"grid of {study.name}: {size} configurations ("
+                      + " x ".join(f"{len(v)} {k}" for k, v in grid_space(study, args.levels).items()) + ")")
+        return grid, finished_target(grid, size)
+
+    return _run_trials("grid", args, prepare)
+
+
+def _resume(optuna_study: Any) -> None:
+    from optdse.study import fail_abandoned
+
+    abandoned = fail_abandoned(optuna_study)
+    if abandoned:
+        console.print(f"resuming: trials {abandoned} were left RUNNING by a killed run; marked FAIL (abandoned)")
+
+
+def _run_trials(command: str, args: argparse.Namespace, prepare: Callable[[Any, str], tuple[Any, int]]) -> int:
+    """What `study` and `grid` share: load the study file, open its storage, deploy, run the
+    trials with a progress bar, stop everything on Ctrl-C, print the front."""
     from optdse.deploy.base import DeployError
     from optdse.progress import StudyProgress
     from optdse.spec import SpecError, load_study
-    from optdse.study import default_storage, enqueue_seed_points, fail_abandoned, open_study, run_study
+    from optdse.study import default_storage, run_study
 
     try:
         study = load_study(args.name)
     except SpecError as error:
-        return _fail("study", str(error))
+        return _fail(command, str(error))
     storage = args.storage or default_storage()
     try:
-        optuna_study = open_study(study, storage)
-    except ValueError as error:  # objectives differ from the stored study's
-        return _fail("study", str(error))
+        optuna_study, target = prepare(study, storage)
+    except ValueError as error:  # objectives or grid levels differ from the stored study's
+        return _fail(command, str(error))
     except Exception as error:  # noqa: BLE001  # a URL Optuna/SQLAlchemy cannot open: say which, no traceback
-        return _fail("study", f"--storage {storage}: cannot open it ({type(error).__name__}: {error})")
-    abandoned = fail_abandoned(optuna_study)
-    if abandoned:
-        console.print(f"resuming: trials {abandoned} were left RUNNING by a killed run; marked FAIL (abandoned)")
-    enqueue_seed_points(optuna_study, study)
-    target = args.trials or study.spec.trials
+        return _fail(command, f"--storage {storage}: cannot open it ({type(error).__name__}: {error})")
     _interrupt_on_signals()
     try:
         backend = _backend(args.backend or study.spec.backend, study.spec.model, args.swarm_init,
                            args.image or study.spec.image)
     except DeployError as error:
-        return _fail("study", error.message, code=1)
+        return _fail(command, error.message, code=1)
     try:
         with StudyProgress(console, optuna_study, study, target) as progress:
             run_study(study, storage, backend, trials=target, requests=args.requests,
@@ -112,9 +147,11 @@ def _study(args: argparse.Namespace) -> int:
         backend.close()
     from optdse.export import pareto_frame
 
-    console.print(f"\nPareto front of {study.name} ({len(pareto_frame(optuna_study))} configurations):")
+    name = optuna_study.study_name
+    console.print(f"\nPareto front of {name} ({len(pareto_frame(optuna_study))} configurations):")
     console.print(StudyProgress.pareto_table(optuna_study))
-    console.print(f"storage: {storage}\n  optuna-dashboard {storage}\n  optdse export {study.name} --pareto pareto.csv"
+    console.print(f"storage: {storage}\n  optdse report {study.name} --output report.html"
+                  f"\n  optdse dashboard {study.name}\n  optdse export {study.name} --pareto pareto.csv"
                   + (f" --storage {storage}" if args.storage else ""))
     return 0
 
@@ -150,24 +187,84 @@ def _measure(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(args: argparse.Namespace) -> int:
+def _stored_study(command: str, args: argparse.Namespace) -> Any:
+    """The study NAME from --storage (or the default), or the exit code of a one-line error."""
     import optuna
 
-    from optdse.export import write_pareto_csv
     from optdse.spec import SpecError, find_study_file
     from optdse.study import default_storage
 
     try:
         name = find_study_file(args.name).stem
     except SpecError as error:
-        return _fail("export", str(error))
+        return _fail(command, str(error))
     storage = args.storage or default_storage()
     try:
-        optuna_study = optuna.load_study(study_name=name, storage=storage)
+        return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        return _fail("export", f"no study {name!r} in {storage}; run `optdse study {name}` first")
-    frame = write_pareto_csv(optuna_study, args.pareto)
+        return _fail(command, f"no study {name!r} in {storage}; run `optdse study {name}` first")
+    except Exception as error:  # noqa: BLE001  # a URL Optuna/SQLAlchemy cannot open
+        return _fail(command, f"--storage {storage}: cannot open it ({type(error).__name__}: {error})")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from optdse.export import write_pareto_csv
+
+    study = _stored_study("export", args)
+    if isinstance(study, int):
+        return study
+    frame = write_pareto_csv(study, args.pareto)
     print(f"wrote {len(frame)} Pareto-optimal trials to {args.pareto}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    import optuna
+
+    from optdse.report import write_report
+    from optdse.study import default_storage
+
+    study = _stored_study("report", args)
+    if isinstance(study, int):
+        return study
+    storage, grid_name = args.storage or default_storage(), f"{study.study_name}-grid"
+    names = {summary.study_name for summary in optuna.get_all_study_summaries(storage)}
+    grid = optuna.load_study(study_name=grid_name, storage=storage) if grid_name in names else None
+    with console.status(f"computing the report of {study.study_name} ..."):
+        data = write_report(study, args.output, grid)
+    print(f"wrote {args.output}: {len(data.study.trials)} trials, {len(data.study.pareto)} Pareto-optimal"
+          + (f", grid {grid_name} ({len(data.grid.trials)} trials)" if data.grid is not None else ""))
+    for note in data.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    import socket
+
+    from optuna_dashboard import run_server
+
+    from optdse.dashboard import save_hypervolume_plot
+    from optdse.study import default_storage
+
+    study = _stored_study("dashboard", args)
+    if isinstance(study, int):
+        return study
+    with socket.socket() as probe:  # a busy port is one line, not a server traceback
+        try:
+            probe.bind(("127.0.0.1", args.port))
+        except OSError as error:
+            return _fail("dashboard", f"--port {args.port}: cannot listen on 127.0.0.1:{args.port} ({error.strerror})")
+    save_hypervolume_plot(study)
+    storage = args.storage or default_storage()
+    console.print(f"optuna-dashboard for {study.study_name} ({storage}): http://127.0.0.1:{args.port}/dashboard/"
+                  "\n  each trial's page has its figures as a note; the study's page has the hypervolume "
+                  "history.\n  Ctrl-C stops it.")
+    _interrupt_on_signals()
+    try:
+        run_server(storage, host="127.0.0.1", port=args.port)
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
@@ -201,20 +298,32 @@ def _cpus(text: str) -> float:
     return value
 
 
+def _add_trial_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the commands that run trials (study, grid)."""
+    parser.add_argument("name", help="study name (studies/NAME.yaml) or a path to a study file")
+    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///results/optdse.db)")
+    parser.add_argument("--requests", type=_positive_int, help="requests per trial (default: the study file's)")
+    parser.add_argument("--backend", choices=["local", "docker", "swarm"],
+                        help="where replicas run (default: the study file's)")
+    parser.add_argument("--swarm-init", action="store_true",
+                        help="swarm: initialise a single-node swarm on 127.0.0.1 if this engine is in none")
+    parser.add_argument("--image", help="docker/swarm: the serving image (default: the study file's, host-python)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="optdse", description="Bayesian design-space optimizer for model serving.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     study = commands.add_parser("study", help="run (or resume) the study defined in studies/NAME.yaml")
-    study.add_argument("name", help="study name (studies/NAME.yaml) or a path to a study file")
-    study.add_argument("--storage", help="Optuna storage URL (default: sqlite:///results/optdse.db)")
     study.add_argument("--trials", type=_positive_int, help="finished trials to reach (default: the study file's)")
-    study.add_argument("--requests", type=_positive_int, help="requests per trial (default: the study file's)")
-    study.add_argument("--backend", choices=["local", "docker", "swarm"], help="where replicas run (default: the study file's)")
-    study.add_argument("--swarm-init", action="store_true", help="swarm: initialise a single-node swarm on 127.0.0.1 "
-                                                                  "if this engine is in none")
-    study.add_argument("--image", help="docker/swarm: the serving image (default: the study file's, host-python)")
+    _add_trial_options(study)
     study.set_defaults(run=_study)
+
+    grid = commands.add_parser("grid", help="measure the study's search space exhaustively (the baseline), "
+                                            "as study NAME-grid in the same storage")
+    grid.add_argument("--levels", type=_positive_int, default=3, help="values per varied parameter (default 3)")
+    _add_trial_options(grid)
+    grid.set_defaults(run=_grid)
 
     measure = commands.add_parser("measure", help="measure one configuration, as a trial would")
     measure.add_argument("--model", default="mnist", choices=["mnist"])
@@ -237,6 +346,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--pareto", type=Path, required=True, metavar="FILE.csv")
     export.add_argument("--storage")
     export.set_defaults(run=_export)
+
+    report = commands.add_parser("report", help="write a study's results as one offline HTML page")
+    report.add_argument("name")
+    report.add_argument("--output", type=Path, default=Path("report.html"), metavar="FILE.html")
+    report.add_argument("--storage")
+    report.set_defaults(run=_report)
+
+    dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard for a study on 127.0.0.1")
+    dashboard.add_argument("name")
+    dashboard.add_argument("--storage")
+    dashboard.add_argument("--port", type=_positive_int, default=8080)
+    dashboard.set_defaults(run=_dashboard)
 
     clean = commands.add_parser("clean", help="stop and remove what killed optdse runs left behind")
     clean.set_defaults(run=_clean)

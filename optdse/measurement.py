@@ -90,6 +90,8 @@ class Measurement:
     accounting: str
     limits_enforced: bool
     warnings: list[str]
+    window_start_s: float       # the window, in seconds since the load started (for plots)
+    window_end_s: float
     timeseries: list[dict[str, float]]
 
     def as_dict(self) -> dict[str, object]:
@@ -133,22 +135,30 @@ def summarize(load: LoadResult, samples: Samples, window: Window, memory_peaks: 
         energy_method=method, energy_is_estimate=rapl is None, client_cpu_cores=load.client_cpu_cores,
         client_busiest_worker_cores=load.busiest_worker_cores, client_processes=len(load.client_cpu_seconds),
         accounting=accounting, limits_enforced=limits_enforced, warnings=warnings,
+        window_start_s=round(window.start - load.started, 4), window_end_s=round(window.end - load.started, 4),
         timeseries=timeseries(load, samples, window))
 
 
+#: Buckets per time series: enough to see a warm-up of a tenth of the run.
+TIMESERIES_BUCKETS = 40
+
+
 def timeseries(load: LoadResult, samples: Samples, window: Window) -> list[dict[str, float]]:
-    """Per second since the load started: requests sent, their mean latency, errors, replica
-    CPU (cores), memory (MB), and whether the second lies in the measurement window."""
+    """The run in up to 40 equal buckets (at least 10 ms each), from the start of the load:
+    bucket start `t` (s), requests sent, their mean latency, errors, replica CPU (cores),
+    memory (MB), and whether the bucket overlaps the measurement window. Equal buckets rather
+    than seconds, because a fast configuration finishes in well under a second."""
+    duration = max(load.finished - load.started, 1e-3)
+    width = max(0.01, duration / TIMESERIES_BUCKETS)
     rows = []
-    seconds = int(np.ceil(load.finished - load.started)) or 1
-    for s in range(seconds):
-        a, b = load.started + s, load.started + s + 1
+    for k in range(int(np.ceil(duration / width))):
+        a, b = load.started + k * width, load.started + (k + 1) * width
         sent = (load.send >= a) & (load.send < b)
         ok = sent & load.ok
         end = min(b, float(samples.time[-1]))
         cpu = samples.cpu_between(a, end) / (end - a) if end > a else 0.0
         memory = float(np.interp(min(b, end), samples.time, samples.memory_bytes)) / 2**20
-        rows.append({"t": float(s), "requests": int(sent.sum()), "errors": int((sent & ~load.ok).sum()),
+        rows.append({"t": round(k * width, 4), "requests": int(sent.sum()), "errors": int((sent & ~load.ok).sum()),
                      "art_ms": round(float(load.latency[ok].mean() * 1e3), 3) if ok.any() else None,
                      "acu_cores": round(cpu, 4), "memory_mb": round(memory, 1),
                      "in_window": bool(a < window.end and b > window.start)})

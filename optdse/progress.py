@@ -21,12 +21,13 @@ class StudyProgress:
     def __init__(self, console: Console, optuna_study: optuna.Study, study: Study, target: int) -> None:
         self.console = console
         self.optuna_study = optuna_study
-        self.progress = Progress(TextColumn(f"[bold]{study.name}[/] trials"), BarColumn(), MofNCompleteColumn(),
+        name = optuna_study.study_name  # NAME, or NAME-grid for the grid baseline
+        self.progress = Progress(TextColumn(f"[bold]{name}[/] trials"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console)
         done = len(optuna_study.get_trials(deepcopy=False, states=FINISHED))
         self.task = self.progress.add_task("trials", total=target, completed=min(done, target))
         if done:
-            console.print(f"resuming {study.name}: {done} of {target} trials already finished")
+            console.print(f"resuming {name}: {done} of {target} trials already finished")
         self.live = Live(self._render(), console=console, refresh_per_second=2, transient=True)
 
     @staticmethod

@@ -19,8 +19,10 @@ import optuna
 import psutil
 from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler, TPESampler
 from optuna.trial import FrozenTrial, TrialState
+from optuna_dashboard import save_note
 
 from optdse.config import Config
+from optdse.dashboard import failure_note, save_hypervolume_plot, trial_note
 from optdse.deploy.base import Backend, DeployError
 from optdse.deploy.runs import live_process
 from optdse.measurement import Measurement
@@ -54,14 +56,17 @@ def make_sampler(study: Study) -> BaseSampler:
     return RandomSampler(seed=spec.seed)
 
 
-def open_study(study: Study, storage: str) -> optuna.Study:
-    """Create the study in `storage`, or load it if it exists (that is how a run resumes)."""
+def open_study(study: Study, storage: str, name: str | None = None,
+               sampler: BaseSampler | None = None) -> optuna.Study:
+    """Create the study in `storage`, or load it if it exists (that is how a run resumes).
+    `name` and `sampler` default to the study file's (the grid baseline sets both)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    name = name or study.name
     directions = [o.direction for o in study.spec.objectives]
-    optuna_study = optuna.create_study(study_name=study.name, storage=storage, directions=directions,
-                                       sampler=make_sampler(study), load_if_exists=True)
+    optuna_study = optuna.create_study(study_name=name, storage=storage, directions=directions,
+                                       sampler=sampler or make_sampler(study), load_if_exists=True)
     if [d.name.lower() for d in optuna_study.directions] != directions:
-        raise ValueError(f"study {study.name} in {storage} has objectives {optuna_study.directions}, "
+        raise ValueError(f"study {name} in {storage} has objectives {optuna_study.directions}, "
                          f"the study file asks for {directions}; use another --storage or study name")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -97,12 +102,14 @@ class TrialOutcome:
 
 def run_trial(optuna_study: optuna.Study, study: Study, backend: Backend, requests: int | None) -> TrialOutcome:
     trial = optuna_study.ask()
+    config: Config | None = None
     try:  # from here on, whatever happens is recorded on the trial
         config = _configure(trial, study, backend, requests)
         result: Measurement = measure(backend, config)
     except (DeployError, MeasureError) as error:
         trial.set_user_attr("fail_reason", error.reason)
         trial.set_user_attr("fail_message", error.message)
+        save_note(trial, failure_note(config, error.reason, error.message))
         optuna_study.tell(trial, state=TrialState.FAIL)
         return TrialOutcome(trial.number, TrialState.FAIL, None, f"{error.reason}: {error.message}")
     except BaseException as error:  # Ctrl-C, or a bug: record why, then let it propagate
@@ -111,6 +118,7 @@ def run_trial(optuna_study: optuna.Study, study: Study, backend: Backend, reques
     for key, value in result.as_dict().items():
         trial.set_user_attr(key, value)
     trial.set_user_attr("constraints", [result.error_rate - study.spec.max_error_rate])
+    save_note(trial, trial_note(config, result))
     values = [float(getattr(result, o.metric)) for o in study.spec.objectives]
     optuna_study.tell(trial, values)
     summary = (f"ART {result.art_ms:.2f} ms, ACU {result.acu_cores:.3f} cores, p95 {result.p95_ms:.2f} ms, "
@@ -156,6 +164,7 @@ def run_study(study: Study, storage: str, backend: Backend, trials: int | None =
         outcome = run_trial(optuna_study, study, backend, requests)
         if on_trial:
             on_trial(outcome)
+    save_hypervolume_plot(optuna_study)
     return optuna_study
 
 

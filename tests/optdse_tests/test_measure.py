@@ -31,8 +31,11 @@ def test_measure_json_reports_every_figure(project: Path, cgroup_driver: CgroupD
     assert 0 < figures["mem_peak_mb"] <= 1024
     assert figures["energy_is_estimate"] is True and figures["energy_method"].startswith("estimate")
     assert figures["accounting"] == f"cgroup v{cgroup_driver.version}" and figures["limits_enforced"]
-    seconds = figures["timeseries"]
-    assert sum(row["requests"] for row in seconds) == 400 and any(row["in_window"] for row in seconds)
+    buckets = figures["timeseries"]
+    assert sum(row["requests"] for row in buckets) == 400 and 1 < len(buckets) <= 40
+    inside = [row["t"] for row in buckets if row["in_window"]]
+    assert inside and figures["window_start_s"] < figures["window_end_s"]
+    assert min(inside) <= figures["window_start_s"] and max(inside) < figures["window_end_s"]
     assert not list((project / "state").glob("*/replica-*.json")), "a replica record outlived the command"
 
 

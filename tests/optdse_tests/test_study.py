@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -69,13 +70,12 @@ def test_a_study_runs_records_everything_resumes_and_exports(project: Path) -> N
     assert (front["memory_mb"] == 1000).all() and front["art_ms"].is_monotonic_increasing
 
 
-def test_optuna_dashboard_shows_the_study_and_its_pareto_front(project: Path) -> None:
+def test_optdse_dashboard_shows_the_study_its_front_notes_and_hypervolume(project: Path) -> None:
     write_study(project, "tiny", trials=2, enqueue="[]")
     assert optdse(project, "study", "tiny").returncode == 0
     port = free_port()
-    dashboard = subprocess.Popen([str(Path(optdse_command()[0]).parent / "optuna-dashboard"), storage(project),
-                                  "--host", "127.0.0.1", "--port", str(port), "--quiet"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    dashboard = subprocess.Popen([*optdse_command(), "dashboard", "tiny", "--port", str(port)], cwd=project,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -84,7 +84,7 @@ def test_optuna_dashboard_shows_the_study_and_its_pareto_front(project: Path) ->
                     studies = json.load(answer)["study_summaries"]
                 break
             except OSError:
-                assert time.monotonic() < deadline and dashboard.poll() is None, dashboard.stderr
+                assert time.monotonic() < deadline and dashboard.poll() is None, dashboard.communicate()
                 time.sleep(0.2)
         (summary,) = [s for s in studies if s["study_name"] == "tiny"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}") as answer:
@@ -92,9 +92,20 @@ def test_optuna_dashboard_shows_the_study_and_its_pareto_front(project: Path) ->
         assert len(detail["trials"]) == 2
         assert detail["best_trials"] and detail["objective_names"] == ["art_ms", "acu_cores"]
         assert all(t["constraints"] == [pytest.approx(-0.01)] for t in detail["trials"])  # shown as feasible
+        for trial in detail["trials"]:  # each trial's figures, as its note
+            art = next(a["value"] for a in trial["user_attrs"] if a["key"] == "art_ms")
+            assert f"| ART | {float(art):.3f} ms |" in trial["note"]["body"]
+        (plot,) = detail["plotly_graph_objects"]
+        assert plot["id"] == "optdse-hypervolume-history" and "Hypervolume" in plot["graph_object"]
     finally:
-        dashboard.terminate()
-        dashboard.wait(10)
+        dashboard.send_signal(signal.SIGINT)  # as Ctrl-C would
+        out, _ = dashboard.communicate(timeout=10)
+    assert dashboard.returncode == 0 and f"http://127.0.0.1:{port}/dashboard/" in out
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = optdse(project, "dashboard", "tiny", "--port", str(holder.getsockname()[1]))
+    assert taken.returncode == 2 and "cannot listen on 127.0.0.1" in taken.stderr
 
 
 def test_too_little_memory_fails_the_trial_with_its_reason_and_the_study_goes_on(project: Path) -> None:

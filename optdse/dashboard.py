@@ -1,0 +1,57 @@
+"""What optdse adds to optuna-dashboard: a note per trial with its figures, the hypervolume
+history as a saved plot, and `optdse dashboard` to serve a study's storage on 127.0.0.1."""
+
+from __future__ import annotations
+
+import optuna
+from optuna_dashboard import save_plotly_graph_object
+
+from optdse.config import Config
+from optdse.measurement import Measurement
+
+HYPERVOLUME_PLOT_ID = "optdse-hypervolume-history"
+
+
+def trial_note(config: Config, result: Measurement) -> str:
+    """The trial's measurement in Markdown, shown on its page in the dashboard."""
+    energy = f"{result.energy_j:.2f} J ({'estimate' if result.energy_is_estimate else 'measured'}: {result.energy_method})"
+    lines = [
+        f"## {config.describe()}",
+        "",
+        "| figure | value |", "|---|---|",
+        f"| ART | {result.art_ms:.3f} ms |",
+        f"| p50 / p95 / p99 | {result.p50_ms:.3f} / {result.p95_ms:.3f} / {result.p99_ms:.3f} ms |",
+        f"| throughput | {result.throughput_rps:.1f} req/s |",
+        f"| ACU (replicas) | {result.acu_cores:.3f} cores |",
+        f"| memory peak (largest replica) | {result.mem_peak_mb:.0f} MB |",
+        f"| errors | {result.errors} of {result.requests_sent} ({result.error_rate:.2%}) |",
+        f"| window | {result.window_s:.2f} s, {result.requests_in_window} requests "
+        f"({result.warmup_requests} warm-up, {result.cooldown_requests} cool-down cut) |",
+        f"| stability | spread {result.stability_spread:.1%} ({'stable' if result.stable else 'not stable'}) |",
+        f"| client CPU | {result.client_cpu_cores:.2f} cores in {result.client_processes} processes |",
+        f"| energy | {energy} |",
+        f"| accounting | {result.accounting}, limits {'enforced' if result.limits_enforced else 'NOT enforced'} |",
+    ]
+    lines += [f"\n**Warning:** {warning}" for warning in result.warnings]
+    return "\n".join(lines)
+
+
+def failure_note(config: Config | None, reason: str, message: str) -> str:
+    title = config.describe() if config is not None else "configuration not reached"
+    return f"## {title}\n\n**FAILED ({reason})**: {message}"
+
+
+def save_hypervolume_plot(study: optuna.Study) -> bool:
+    """Save (or replace) the hypervolume history among the study's plots in the dashboard;
+    False while the study has no completed trial to draw."""
+    from optdse.report.data import compute_hypervolume_only
+    from optdse.report.page import hypervolume_figure
+
+    data = compute_hypervolume_only(study)
+    if data.study.completed == 0:
+        return False
+    save_plotly_graph_object(study, hypervolume_figure(data), graph_object_id=HYPERVOLUME_PLOT_ID)
+    return True
+
+
+__all__ = ["failure_note", "save_hypervolume_plot", "trial_note"]

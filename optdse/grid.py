@@ -1,0 +1,95 @@
+"""`optdse grid`: the exhaustive baseline the Bayesian study is measured against.
+
+Each varied parameter of the study's search space gets `levels` values spread over its range
+(geometrically on log ranges, on the step grid where there is one, de-duplicated after
+rounding to whole numbers); fixed parameters keep their value. Optuna's GridSampler visits
+every combination once, in a study named NAME-grid in the same storage, so the report can
+draw both fronts on one reference point. A killed grid resumes where it stopped: grid points
+whose trial was interrupted or abandoned are measured again; all other failures (OOM, say)
+are that point's result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import optuna
+from optuna.samplers import GridSampler
+from optuna.trial import TrialState
+
+from optdse.spec import INTEGER_PARAMETERS, Range, Study
+from optdse.study import open_study
+
+#: Failures that say nothing about the configuration: its point is measured again on resume.
+RETRIED = ("interrupted", "abandoned")
+
+
+class AskTellGridSampler(GridSampler):
+    """GridSampler for ask-and-tell. Optuna's calls `study.stop()` after the last point, which
+    only works inside `study.optimize`; here the trial loop counts the points itself
+    (`finished_target`), so nothing needs stopping."""
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        pass
+
+
+def levels_of(name: str, dist: Range, levels: int) -> list[float]:
+    """`levels` values from low to high inclusive (fewer where whole numbers or the step coincide)."""
+    spread = np.geomspace(dist.low, dist.high, levels) if dist.log else np.linspace(dist.low, dist.high, levels)
+    if dist.step:
+        spread = dist.low + np.round((spread - dist.low) / dist.step) * dist.step
+    values = [int(round(v)) for v in spread] if name in INTEGER_PARAMETERS else [round(float(v), 6) for v in spread]
+    return sorted(set(values))
+
+
+def grid_space(study: Study, levels: int) -> dict[str, list[float]]:
+    return {name: levels_of(name, dist, levels) for name, dist in study.space.parameters.items()
+            if isinstance(dist, Range)}
+
+
+def grid_size(space: dict[str, list[float]]) -> int:
+    return math.prod(len(values) for values in space.values())
+
+
+def grid_name(study: Study) -> str:
+    return f"{study.name}-grid"
+
+
+def open_grid_study(study: Study, storage: str, levels: int) -> optuna.Study:
+    """The NAME-grid study with its GridSampler; the levels are stored, and a different
+    --levels for an existing grid is refused (its points would not be one grid)."""
+    space = grid_space(study, levels)
+    grid = open_study(study, storage, name=grid_name(study), sampler=AskTellGridSampler(space, seed=0))
+    stored = grid.user_attrs.get("levels")
+    if stored is None:
+        grid.set_user_attr("levels", levels)
+        grid.set_user_attr("grid", space)
+    elif stored != levels:
+        raise ValueError(f"{grid_name(study)} in {storage} was started with --levels {stored}; "
+                         f"use --levels {stored} to resume it, or another --storage")
+    return grid
+
+
+def retry_interrupted(grid: optuna.Study) -> int:
+    """Enqueue again each grid point whose trial was interrupted or abandoned (once)."""
+    retried = {t.user_attrs.get("retry_of") for t in grid.get_trials(deepcopy=False)}
+    count = 0
+    for trial in grid.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if trial.user_attrs.get("fail_reason") in RETRIED and trial.number not in retried:
+            grid.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+            count += 1
+    return count
+
+
+def finished_target(grid: optuna.Study, size: int) -> int:
+    """Finished trials the grid needs: every point once, plus the trials that must be retried."""
+    redo = sum(1 for t in grid.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+               if t.user_attrs.get("fail_reason") in RETRIED)
+    return size + redo
+
+
+__all__ = ["finished_target", "grid_name", "grid_size", "grid_space", "levels_of", "open_grid_study",
+           "retry_interrupted"]

@@ -1,0 +1,216 @@
+"""What `optdse report` shows, computed from a study's trials; drawing is in page.py.
+
+Everything here is plain data (pandas frames, dicts, floats), so tests check the numbers and
+the page only lays them out. Hypervolume, Pareto fronts and importances come from Optuna.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna._hypervolume import compute_hypervolume  # what Optuna's own hypervolume plots use (pinned)
+from optuna.trial import FrozenTrial, TrialState
+
+from optdse.spec import PARAMETERS
+
+#: At most this many Pareto-optimal trials get a latency time series panel.
+MAX_TIMESERIES = 6
+
+
+@dataclass(frozen=True)
+class TimeSeries:
+    trial: int
+    label: str
+    rows: pd.DataFrame          # t, requests, art_ms, acu_cores, in_window, ...
+    window: tuple[float, float]  # seconds since the load started
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """One study's trials and the figures derived from them."""
+
+    name: str
+    trials: pd.DataFrame        # one row per trial: number, state, params, objectives, feasible, pareto, fail_reason
+    pareto: pd.DataFrame        # the Pareto-optimal trials, sorted by the first objective
+    hypervolume: pd.DataFrame   # evaluations (finished trials so far), hypervolume
+
+    @property
+    def completed(self) -> int:
+        return int((self.trials["state"] == "COMPLETE").sum()) if len(self.trials) else 0
+
+    @property
+    def final_hypervolume(self) -> float:
+        return float(self.hypervolume["hypervolume"].iloc[-1]) if len(self.hypervolume) else 0.0
+
+
+@dataclass(frozen=True)
+class ReportData:
+    study: StudySummary
+    objectives: list[str]       # metric names, in the study's order
+    directions: list[str]       # "minimize" / "maximize"
+    parameters: list[str]       # the parameters that vary in this study
+    reference_point: list[float]  # for hypervolume, in the objectives' own units
+    importances: dict[str, dict[str, float]] = field(default_factory=dict)  # objective -> parameter -> share
+    correlations: pd.DataFrame | None = None  # parameters x objectives, Spearman
+    timeseries: list[TimeSeries] = field(default_factory=list)
+    grid: StudySummary | None = None
+    notes: list[str] = field(default_factory=list)  # what could not be computed, and why
+
+    @property
+    def hypervolume_ratio(self) -> float | None:
+        """The study's final hypervolume over the grid's (same reference point)."""
+        if self.grid is None or self.grid.final_hypervolume <= 0:
+            return None
+        return self.study.final_hypervolume / self.grid.final_hypervolume
+
+
+def _feasible(trial: FrozenTrial) -> bool:
+    constraints = trial.system_attrs.get("constraints") or trial.user_attrs.get("constraints") or []
+    return all(c <= 0 for c in constraints)
+
+
+def trials_frame(study: optuna.Study, objectives: list[str]) -> pd.DataFrame:
+    """One row per finished or running trial, with what the report plots and tables need."""
+    best = {t.number for t in study.best_trials}
+    rows = []
+    for trial in study.trials:
+        row: dict[str, object] = {"number": trial.number, "state": trial.state.name,
+                                  "feasible": trial.state == TrialState.COMPLETE and _feasible(trial),
+                                  "pareto": trial.number in best,
+                                  "fail_reason": trial.user_attrs.get("fail_reason"),
+                                  "fail_message": trial.user_attrs.get("fail_message"),
+                                  "error_rate": trial.user_attrs.get("error_rate")}
+        row.update({name: trial.params.get(name, trial.user_attrs.get(f"fixed_{name}")) for name in PARAMETERS})
+        values = trial.values if trial.state == TrialState.COMPLETE and trial.values else [None] * len(objectives)
+        row.update(dict(zip(objectives, values, strict=True)))
+        rows.append(row)
+    columns = ["number", "state", "feasible", "pareto", "fail_reason", "fail_message", "error_rate",
+               *PARAMETERS, *objectives]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _as_losses(values: np.ndarray, directions: list[str]) -> np.ndarray:
+    signs = np.array([1.0 if d == "minimize" else -1.0 for d in directions])
+    return values * signs
+
+
+def reference_point(frames: list[pd.DataFrame], objectives: list[str], directions: list[str]) -> list[float]:
+    """The worst feasible value of each objective over all the given studies, 10% beyond;
+    shared, so hypervolumes of different studies compare."""
+    feasible = pd.concat([f[f["feasible"]] for f in frames]) if frames else pd.DataFrame()
+    if feasible.empty:
+        return [0.0] * len(objectives)
+    point = []
+    for name, direction in zip(objectives, directions, strict=True):
+        column = feasible[name].astype(float)
+        worst, best = (column.max(), column.min()) if direction == "minimize" else (column.min(), column.max())
+        span = abs(worst - best) or abs(worst) or 1.0
+        point.append(float(worst + 0.1 * span if direction == "minimize" else worst - 0.1 * span))
+    return point
+
+
+def hypervolume_history(trials: pd.DataFrame, objectives: list[str], directions: list[str],
+                        reference: list[float]) -> pd.DataFrame:
+    """Hypervolume of the feasible trials among the first k finished ones, for every k."""
+    finished = trials[trials["state"].isin(["COMPLETE", "FAIL"])].sort_values("number")
+    losses = _as_losses(np.array(reference, dtype=float), directions)
+    rows, points = [], []
+    for k, (_, trial) in enumerate(finished.iterrows(), start=1):
+        if trial["feasible"]:
+            loss = _as_losses(np.array([trial[o] for o in objectives], dtype=float), directions)
+            if np.all(loss < losses):
+                points.append(loss)
+        volume = compute_hypervolume(np.array(points), losses) if points else 0.0
+        rows.append({"evaluations": k, "trial": int(trial["number"]), "hypervolume": float(volume)})
+    return pd.DataFrame(rows, columns=["evaluations", "trial", "hypervolume"])
+
+
+def summarize_study(study: optuna.Study, objectives: list[str], directions: list[str],
+                    reference: list[float], trials: pd.DataFrame | None = None) -> StudySummary:
+    trials = trials_frame(study, objectives) if trials is None else trials
+    pareto = trials[trials["pareto"]].sort_values(objectives[0]) if len(trials) else trials
+    return StudySummary(study.study_name, trials, pareto,
+                        hypervolume_history(trials, objectives, directions, reference))
+
+
+def importances(study: optuna.Study, objectives: list[str],
+                directions: list[str]) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Optuna's parameter importances (its default evaluator) per objective, over the completed
+    trials. The evaluator ranks what leads to low values, so maximized objectives are negated."""
+    result, notes = {}, []
+    for index, (name, direction) in enumerate(zip(objectives, directions, strict=True)):
+        sign = 1.0 if direction == "minimize" else -1.0
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*to achieve low `target` values")  # handled by sign
+                result[name] = dict(optuna.importance.get_param_importances(
+                    study, target=lambda t, i=index, s=sign: s * t.values[i]))
+        except (RuntimeError, ValueError) as error:
+            notes.append(f"importances for {name}: {error}")
+    return result, notes
+
+
+def correlations(trials: pd.DataFrame, parameters: list[str], objectives: list[str]) -> pd.DataFrame | None:
+    """Spearman rank correlation of each parameter with each objective (the seed's plan asked
+    how each factor moves ART and ACU); rank-based, because the effects are not linear."""
+    complete = trials[trials["state"] == "COMPLETE"]
+    if len(complete) < 3:
+        return None
+    frame = complete[parameters + objectives].astype(float)
+    return frame.corr(method="spearman").loc[parameters, objectives]
+
+
+def pareto_timeseries(study: optuna.Study, pareto: pd.DataFrame) -> list[TimeSeries]:
+    by_number = {t.number: t for t in study.trials}
+    series = []
+    for number in pareto["number"].head(MAX_TIMESERIES):
+        trial = by_number[int(number)]
+        rows = trial.user_attrs.get("timeseries")
+        if not rows or "window_start_s" not in trial.user_attrs:
+            continue  # measured before optdse recorded the window
+        series.append(TimeSeries(int(number), str(trial.user_attrs.get("config", f"trial {number}")),
+                                 pd.DataFrame(rows),
+                                 (float(trial.user_attrs["window_start_s"]), float(trial.user_attrs["window_end_s"]))))
+    return series
+
+
+def compute_hypervolume_only(study: optuna.Study) -> ReportData:
+    """Just the trials and the hypervolume history (what the dashboard's saved plot needs)."""
+    objectives = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
+    directions = [d.name.lower() for d in study.directions]
+    trials = trials_frame(study, objectives)
+    reference = reference_point([trials], objectives, directions)
+    return ReportData(study=summarize_study(study, objectives, directions, reference, trials),
+                      objectives=objectives, directions=directions, parameters=[], reference_point=reference)
+
+
+def compute(study: optuna.Study, grid: optuna.Study | None = None) -> ReportData:
+    """Everything the report draws, for `study` and (optionally) its exhaustive grid."""
+    objectives = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
+    directions = [d.name.lower() for d in study.directions]
+    trials = trials_frame(study, objectives)
+    grid_trials = trials_frame(grid, objectives) if grid is not None else None
+    reference = reference_point([f for f in (trials, grid_trials) if f is not None], objectives, directions)
+    summary = summarize_study(study, objectives, directions, reference, trials)
+    parameters = [p for p in PARAMETERS if trials[p].nunique(dropna=True) > 1]
+    notes: list[str] = []
+    found_importances: dict[str, dict[str, float]] = {}
+    if summary.completed < 2:
+        notes.append(f"{summary.completed} completed trial(s): the front, importances and correlations need "
+                     "at least 2; run more trials (optdse study NAME --trials N)")
+    else:
+        found_importances, notes = importances(study, objectives, directions)
+    return ReportData(
+        study=summary, objectives=objectives, directions=directions, parameters=parameters,
+        reference_point=reference, importances=found_importances,
+        correlations=correlations(trials, parameters, objectives),
+        timeseries=pareto_timeseries(study, summary.pareto),
+        grid=summarize_study(grid, objectives, directions, reference, grid_trials) if grid is not None else None,
+        notes=notes)
+
+
+__all__ = ["ReportData", "StudySummary", "TimeSeries", "compute", "compute_hypervolume_only", "hypervolume_history", "reference_point"]
