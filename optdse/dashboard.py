@@ -14,7 +14,7 @@ HYPERVOLUME_PLOT_ID = "optdse-hypervolume-history"
 
 def trial_note(config: Config, result: Measurement) -> str:
     """The trial's measurement in Markdown, shown on its page in the dashboard."""
-    energy = f"{result.energy_j:.2f} J ({'estimate' if result.energy_is_estimate else 'measured'}: {result.energy_method})"
+    energy = f"{result.energy_j:.2f} J ({result.energy_method})"  # the method says "estimate" where it is one
     lines = [
         f"## {config.describe()}",
         "",
@@ -28,7 +28,7 @@ def trial_note(config: Config, result: Measurement) -> str:
         f"| window | {result.window_s:.2f} s, {result.requests_in_window} requests "
         f"({result.warmup_requests} warm-up, {result.cooldown_requests} cool-down cut) |",
         f"| stability | spread {result.stability_spread:.1%} ({'stable' if result.stable else 'not stable'}) |",
-        f"| client CPU | {result.client_cpu_cores:.2f} cores in {result.client_processes} processes |",
+        f"| client CPU | {result.client_cpu_cores:.2f} cores ({result.client_processes} load processes) |",
         f"| energy | {energy} |",
         f"| accounting | {result.accounting}, limits {'enforced' if result.limits_enforced else 'NOT enforced'} |",
     ]
