@@ -257,9 +257,9 @@ def _dashboard(args: argparse.Namespace) -> int:
             return _fail("dashboard", f"--port {args.port}: cannot listen on 127.0.0.1:{args.port} ({error.strerror})")
     save_hypervolume_plot(study)
     storage = args.storage or default_storage()
-    console.print(f"optuna-dashboard for {study.study_name} ({storage}): http://127.0.0.1:{args.port}/dashboard/"
-                  "\n  each trial's page has its figures as a note; the study's page has the hypervolume "
-                  "history.\n  Ctrl-C stops it.")
+    print(f"optuna-dashboard for {study.study_name} ({storage}): http://127.0.0.1:{args.port}/dashboard/", flush=True)
+    console.print("  each trial's page has its figures as a note; the study's page has the hypervolume history."
+                  "\n  Ctrl-C stops it.")
     _interrupt_on_signals()
     try:
         run_server(storage, host="127.0.0.1", port=args.port)
