@@ -34,6 +34,7 @@ class ServerProcess:
         ]
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"optdse-serve-{self.port}.log"
         self._log = self.log_path.open("wb")
+        self._tail = ""
         self.process = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT)
         # Short reconnect backoff: the port opens seconds after start, and gRPC's default
         # 1 s backoff after the first refused connection would hide the LOADING state.
@@ -70,7 +71,10 @@ class ServerProcess:
         raise TimeoutError(f"optdse-serve not AVAILABLE after {timeout}s: {self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
+        if not self.log_path.exists():  # removed after a clean exit; its end was kept
+            return self._tail
         return self.log_path.read_text(errors="replace")[-3000:]
 
     def stop(self) -> int:
@@ -83,6 +87,9 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+        if self.process.returncode == 0:  # a clean exit leaves no log file behind; keep its end for log()
+            self._tail = self.log_path.read_text(errors="replace")[-3000:]
+            self.log_path.unlink(missing_ok=True)
         return self.process.returncode
 
 
