@@ -86,10 +86,10 @@ def host_python_mounts(model_base_path: Path) -> dict[str, dict[str, str]]:
 class ServingImage:
     """What a replica container runs, and how: the one place the three image modes differ.
 
-    `serve_args` is the server's command line for a port (a shell expression such as
-    `$((20100 + SLOT))` for Swarm tasks); `mounts` maps host paths to (container path,
-    read-only binds); `loopback_bind` says whether the server can bind 127.0.0.1 itself,
-    which host networking requires (TF Serving cannot: it always binds every interface).
+    `serve_args` is the server's command line for a port (a number, or a placeholder the
+    swarm backend replaces with `$((base + SLOT))`); `mounts` maps host paths to read-only
+    binds; `loopback_bind` says whether the server can bind 127.0.0.1 itself, which host
+    networking requires (TF Serving cannot: it always binds every interface).
     """
 
     reference: str
