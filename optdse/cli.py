@@ -94,9 +94,10 @@ def _grid(args: argparse.Namespace) -> int:
         retried = retry_interrupted(grid)
         if retried:
             console.print(f"resuming: {retried} interrupted grid point(s) will be measured again")
-        size = grid_size(grid_space(study, args.levels))
+        space = grid_space(study, args.levels)
+        size = grid_size(space)
         console.print(f"grid of {study.name}: {size} configurations ("
-                      + " x ".join(f"{len(v)} {k}" for k, v in grid_space(study, args.levels).items()) + ")")
+                      + " x ".join(f"{len(v)} {k}" for k, v in space.items()) + ")")
         return grid, finished_target(grid, size)
 
     return _run_trials("grid", args, prepare)
@@ -128,7 +129,7 @@ def _run_trials(command: str, args: argparse.Namespace, prepare: Callable[[Any, 
     except ValueError as error:  # objectives or grid levels differ from the stored study's
         return _fail(command, str(error))
     except Exception as error:  # noqa: BLE001  # a URL Optuna/SQLAlchemy cannot open: say which, no traceback
-        return _fail(command, f"--storage {storage}: cannot open it ({type(error).__name__}: {error})")
+        return _cannot_open(command, storage, error)
     _interrupt_on_signals()
     try:
         backend = _backend(args.backend or study.spec.backend, study.spec.model, args.swarm_init,
@@ -187,8 +188,13 @@ def _measure(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stored_study(command: str, args: argparse.Namespace) -> Any:
-    """The study NAME from --storage (or the default), or the exit code of a one-line error."""
+def _cannot_open(command: str, storage: str, error: Exception) -> int:
+    return _fail(command, f"--storage {storage}: cannot open it ({type(error).__name__}: {error})")
+
+
+def _stored_study(command: str, args: argparse.Namespace) -> tuple[Any, str] | int:
+    """The study NAME and the storage URL it is in (--storage or the default), or the exit
+    code of a one-line error."""
     import optuna
 
     from optdse.spec import SpecError, find_study_file
@@ -200,19 +206,20 @@ def _stored_study(command: str, args: argparse.Namespace) -> Any:
         return _fail(command, str(error))
     storage = args.storage or default_storage()
     try:
-        return optuna.load_study(study_name=name, storage=storage)
+        return optuna.load_study(study_name=name, storage=storage), storage
     except KeyError:
         return _fail(command, f"no study {name!r} in {storage}; run `optdse study {name}` first")
     except Exception as error:  # noqa: BLE001  # a URL Optuna/SQLAlchemy cannot open
-        return _fail(command, f"--storage {storage}: cannot open it ({type(error).__name__}: {error})")
+        return _cannot_open(command, storage, error)
 
 
 def _export(args: argparse.Namespace) -> int:
     from optdse.export import write_pareto_csv
 
-    study = _stored_study("export", args)
-    if isinstance(study, int):
-        return study
+    found = _stored_study("export", args)
+    if isinstance(found, int):
+        return found
+    study, _ = found
     frame = write_pareto_csv(study, args.pareto)
     print(f"wrote {len(frame)} Pareto-optimal trials to {args.pareto}")
     return 0
@@ -222,12 +229,12 @@ def _report(args: argparse.Namespace) -> int:
     import optuna
 
     from optdse.report import write_report
-    from optdse.study import default_storage
 
-    study = _stored_study("report", args)
-    if isinstance(study, int):
-        return study
-    storage, grid_name = args.storage or default_storage(), f"{study.study_name}-grid"
+    found = _stored_study("report", args)
+    if isinstance(found, int):
+        return found
+    study, storage = found
+    grid_name = f"{study.study_name}-grid"
     names = {summary.study_name for summary in optuna.get_all_study_summaries(storage)}
     grid = optuna.load_study(study_name=grid_name, storage=storage) if grid_name in names else None
     with console.status(f"computing the report of {study.study_name} ..."):
@@ -245,18 +252,17 @@ def _dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
     from optdse.dashboard import save_hypervolume_plot
-    from optdse.study import default_storage
 
-    study = _stored_study("dashboard", args)
-    if isinstance(study, int):
-        return study
+    found = _stored_study("dashboard", args)
+    if isinstance(found, int):
+        return found
+    study, storage = found
     with socket.socket() as probe:  # a busy port is one line, not a server traceback
         try:
             probe.bind(("127.0.0.1", args.port))
         except OSError as error:
             return _fail("dashboard", f"--port {args.port}: cannot listen on 127.0.0.1:{args.port} ({error.strerror})")
     save_hypervolume_plot(study)
-    storage = args.storage or default_storage()
     print(f"optuna-dashboard for {study.study_name} ({storage}): http://127.0.0.1:{args.port}/dashboard/", flush=True)
     console.print("  each trial's page has its figures as a note; the study's page has the hypervolume history."
                   "\n  Ctrl-C stops it.")

@@ -13,13 +13,18 @@ from optdse.spec import PARAMETERS
 FIGURES = ("art_ms", "acu_cores", "p95_ms", "throughput_rps", "energy_j")
 
 
+def trial_parameters(trial: optuna.trial.FrozenTrial) -> dict[str, object]:
+    """Every parameter of the trial's configuration: the suggested ones and the fixed ones
+    (stored as `fixed_NAME` user attrs, since Optuna does not record unsuggested values)."""
+    return {name: trial.params.get(name, trial.user_attrs.get(f"fixed_{name}")) for name in PARAMETERS}
+
+
 def pareto_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per Pareto-optimal (and feasible) trial, sorted by ART."""
     rows = []
     for trial in study.best_trials:  # Optuna's front; respects constraints when they exist
         row: dict[str, object] = {"trial": trial.number}
-        for name in PARAMETERS:
-            value = trial.params.get(name, trial.user_attrs.get(f"fixed_{name}"))
+        for name, value in trial_parameters(trial).items():
             row[name] = round(value, 6) if isinstance(value, float) else value  # 0.9500000000000001 -> 0.95
         for name in FIGURES:
             row[name] = trial.user_attrs.get(name)
@@ -36,4 +41,4 @@ def write_pareto_csv(study: optuna.Study, path: Path) -> pd.DataFrame:
     return frame
 
 
-__all__ = ["FIGURES", "pareto_frame", "write_pareto_csv"]
+__all__ = ["FIGURES", "pareto_frame", "trial_parameters", "write_pareto_csv"]

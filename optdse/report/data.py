@@ -15,6 +15,7 @@ import pandas as pd
 from optuna._hypervolume import compute_hypervolume  # what Optuna's own hypervolume plots use (pinned)
 from optuna.trial import FrozenTrial, TrialState
 
+from optdse.export import trial_parameters
 from optdse.spec import PARAMETERS
 
 #: At most this many Pareto-optimal trials get a latency time series panel.
@@ -84,7 +85,7 @@ def trials_frame(study: optuna.Study, objectives: list[str]) -> pd.DataFrame:
                                   "fail_reason": trial.user_attrs.get("fail_reason"),
                                   "fail_message": trial.user_attrs.get("fail_message"),
                                   "error_rate": trial.user_attrs.get("error_rate")}
-        row.update({name: trial.params.get(name, trial.user_attrs.get(f"fixed_{name}")) for name in PARAMETERS})
+        row.update(trial_parameters(trial))
         values = trial.values if trial.state == TrialState.COMPLETE and trial.values else [None] * len(objectives)
         row.update(dict(zip(objectives, values, strict=True)))
         rows.append(row)
@@ -178,10 +179,15 @@ def pareto_timeseries(study: optuna.Study, pareto: pd.DataFrame) -> list[TimeSer
     return series
 
 
+def _objectives(study: optuna.Study) -> tuple[list[str], list[str]]:
+    """The study's metric names and directions ("minimize"/"maximize"), in order."""
+    objectives = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
+    return objectives, [d.name.lower() for d in study.directions]
+
+
 def compute_hypervolume_only(study: optuna.Study) -> ReportData:
     """Just the trials and the hypervolume history (what the dashboard's saved plot needs)."""
-    objectives = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
-    directions = [d.name.lower() for d in study.directions]
+    objectives, directions = _objectives(study)
     trials = trials_frame(study, objectives)
     reference = reference_point([trials], objectives, directions)
     return ReportData(study=summarize_study(study, objectives, directions, reference, trials),
@@ -190,8 +196,7 @@ def compute_hypervolume_only(study: optuna.Study) -> ReportData:
 
 def compute(study: optuna.Study, grid: optuna.Study | None = None) -> ReportData:
     """Everything the report draws, for `study` and (optionally) its exhaustive grid."""
-    objectives = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
-    directions = [d.name.lower() for d in study.directions]
+    objectives, directions = _objectives(study)
     trials = trials_frame(study, objectives)
     grid_trials = trials_frame(grid, objectives) if grid is not None else None
     reference = reference_point([f for f in (trials, grid_trials) if f is not None], objectives, directions)

@@ -41,14 +41,19 @@ def write_study(project: Path, name: str, space: str = SPACE, **overrides: objec
     return path
 
 
+def make_project(directory: Path, mnist_base_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`directory` as a working directory with the session's exported model in
+    results/models/mnist and a state directory of its own (OPTDSE_STATE_DIR, set through
+    `monkeypatch`), so `optdse clean` there sees only its own runs."""
+    (directory / "results" / "models").mkdir(parents=True)
+    (directory / "results" / "models" / "mnist").symlink_to(mnist_base_path)
+    monkeypatch.setenv("OPTDSE_STATE_DIR", str(directory / "state"))
+    return directory
+
+
 @pytest.fixture
 def project(tmp_path: Path, mnist_base_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A working directory with the session's exported model in results/models/mnist and a
-    state directory of its own, so `optdse clean` here sees only this test's runs."""
-    (tmp_path / "results" / "models").mkdir(parents=True)
-    (tmp_path / "results" / "models" / "mnist").symlink_to(mnist_base_path)
-    monkeypatch.setenv("OPTDSE_STATE_DIR", str(tmp_path / "state"))
-    return tmp_path
+    return make_project(tmp_path, mnist_base_path, monkeypatch)
 
 
 def optdse(project: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -15,7 +15,8 @@ from optdse.report.data import compute
 from optdse.report.page import figures
 from optdse.spec import load_study
 from optdse.study import open_study
-from tests.optdse_tests.conftest import optdse, write_study
+from tests.optdse_tests.conftest import SPACE as TEST_SPACE
+from tests.optdse_tests.conftest import make_project, optdse, write_study
 
 # Varied, so every panel has something to draw; the 100 MB one fails OOM (a recorded failure).
 ENQUEUE = "[" + ", ".join((
@@ -24,25 +25,15 @@ ENQUEUE = "[" + ", ".join((
     "{threads: 2, file_size: 2, replicas: 1, cpus: 0.5, memory_mb: 600}",
     "{threads: 4, file_size: 1, replicas: 2, cpus: 1.0, memory_mb: 800}",
     "{threads: 1, file_size: 8, replicas: 1, cpus: 0.2, memory_mb: 100}")) + "]"
-SPACE = """\
-parameters:
-  threads:   {low: 1, high: 4}
-  file_size: {low: 1, high: 8, log: true}
-  replicas:  {low: 1, high: 2}
-  cpus:      {low: 0.2, high: 1.0, step: 0.1}
-  memory_mb: {low: 100, high: 1000}
-"""
+SPACE = TEST_SPACE.replace("memory_mb: {value: 1000}", "memory_mb: {low: 100, high: 1000}")
 
 
 @pytest.fixture(scope="module")
 def studied(tmp_path_factory: pytest.TempPathFactory, mnist_base_path: Path) -> Path:
     """A project with a real 5-trial study (its enqueued points; one fails OOM) in its SQLite storage."""
-    project = tmp_path_factory.mktemp("report")
-    (project / "results" / "models").mkdir(parents=True)
-    (project / "results" / "models" / "mnist").symlink_to(mnist_base_path)
-    write_study(project, "seen", space=SPACE, trials=5, requests=300, enqueue=ENQUEUE)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OPTDSE_STATE_DIR", str(project / "state"))
+    with pytest.MonkeyPatch.context() as patch:  # module scope: no monkeypatch fixture
+        project = make_project(tmp_path_factory.mktemp("report"), mnist_base_path, patch)
+        write_study(project, "seen", space=SPACE, trials=5, requests=300, enqueue=ENQUEUE)
         result = optdse(project, "study", "seen")
     assert result.returncode == 0, result.stdout + result.stderr
     return project
