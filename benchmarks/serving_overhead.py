@@ -120,11 +120,11 @@ def main() -> None:
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     from serving.servable import Servable
-    from tests.serving_process import ServerProcess, export_mnist, free_port
+    from tests.serving_process import ServerProcess, export_model, free_port
 
     workdir = Path(tempfile.mkdtemp(prefix="optdse-bench-"))
     base = workdir / "mnist"
-    exported = export_mnist(base)
+    exported = export_model("mnist", base)
     if exported.returncode != 0:
         sys.exit(exported.stderr)
     images = np.random.default_rng(0).random((1, 784), dtype=np.float32)

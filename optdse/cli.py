@@ -17,6 +17,8 @@ from typing import Any
 
 from rich.console import Console
 
+from optdse.spec import MODELS
+
 console = Console(stderr=True, soft_wrap=True)  # log lines stay whole when piped
 
 
@@ -40,9 +42,9 @@ def _model_export(args: argparse.Namespace) -> int:
     from serving.tensorflow_import import import_tensorflow
 
     import_tensorflow()
-    with console.status(f"training and exporting {args.name} ..."):
+    with console.status(f"building and exporting {args.name} ..."):
         try:
-            result = export_model(args.name, args.output, version=args.version, data=args.data)
+            result = export_model(args.name, args.output, version=args.version, data=args.data, weights=args.weights)
         except (ValueError, FileExistsError, FileNotFoundError) as error:
             return _fail("model export", str(error))
     print(f"exported {result.model} to {result.path}")
@@ -120,7 +122,7 @@ def _run_trials(command: str, args: argparse.Namespace, prepare: Callable[[Any, 
     from optdse.study import default_storage, run_study
 
     try:
-        study = load_study(args.name)
+        study = load_study(args.name).with_load(args.requests, args.duration)
     except SpecError as error:
         return _fail(command, str(error))
     storage = args.storage or default_storage()
@@ -138,8 +140,7 @@ def _run_trials(command: str, args: argparse.Namespace, prepare: Callable[[Any, 
         return _fail(command, error.message, code=1)
     try:
         with StudyProgress(console, optuna_study, study, target) as progress:
-            run_study(study, storage, backend, trials=target, requests=args.requests,
-                      on_trial=progress.trial_done, optuna_study=optuna_study)
+            run_study(study, storage, backend, trials=target, on_trial=progress.trial_done, optuna_study=optuna_study)
     except KeyboardInterrupt:
         console.print("interrupted: the current trial is recorded as FAIL (interrupted); "
                       "run the same command again to resume")
@@ -163,7 +164,7 @@ def _measure(args: argparse.Namespace) -> int:
     from optdse.objective import MeasureError, measure
 
     config = Config(ServerConfig(args.model, args.replicas, args.cpus, args.memory),
-                    ClientConfig(args.threads, args.file_size, args.requests, args.warmup_fraction))
+                    ClientConfig(args.threads, args.file_size, args.requests, args.warmup_fraction, args.duration))
     _interrupt_on_signals()
     try:
         backend = _backend(args.backend, args.model, args.swarm_init, args.image)
@@ -297,6 +298,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0 (got {text})")
+    return value
+
+
 def _cpus(text: str) -> float:
     value = float(text)
     if not 0.01 <= value <= 64:
@@ -309,6 +317,8 @@ def _add_trial_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="study name (studies/NAME.yaml) or a path to a study file")
     parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///results/optdse.db)")
     parser.add_argument("--requests", type=_positive_int, help="requests per trial (default: the study file's)")
+    parser.add_argument("--duration", type=_positive_float, metavar="SECONDS",
+                        help="stop each trial's load after this long (default: the study file's duration_s)")
     parser.add_argument("--backend", choices=["local", "docker", "swarm"],
                         help="where replicas run (default: the study file's)")
     parser.add_argument("--swarm-init", action="store_true",
@@ -332,13 +342,16 @@ def build_parser() -> argparse.ArgumentParser:
     grid.set_defaults(run=_grid)
 
     measure = commands.add_parser("measure", help="measure one configuration, as a trial would")
-    measure.add_argument("--model", default="mnist", choices=["mnist"])
+    measure.add_argument("--model", default="mnist", choices=MODELS)
     measure.add_argument("--threads", type=_positive_int, default=1, help="closed-loop client threads")
-    measure.add_argument("--file-size", type=_positive_int, default=1, help="images per request (MNIST)")
+    measure.add_argument("--file-size", type=_positive_int, default=1,
+                         help="MNIST: images per request; Inception: JPEG edge (px); NMT: tokens; DeepSpeech: seconds")
     measure.add_argument("--replicas", type=_positive_int, default=1)
     measure.add_argument("--cpus", type=_cpus, default=1.0, help="CPU cores per replica")
     measure.add_argument("--memory", type=_positive_int, default=1000, help="memory per replica, MB")
     measure.add_argument("--requests", type=_positive_int, default=1000)
+    measure.add_argument("--duration", type=_positive_float, metavar="SECONDS",
+                         help="stop sending after this long even if requests remain")
     measure.add_argument("--warmup-fraction", type=float, default=0.1)
     measure.add_argument("--backend", choices=["local", "docker", "swarm"], default="local")
     measure.add_argument("--swarm-init", action="store_true", help="swarm: initialise a single-node swarm on 127.0.0.1")
@@ -375,7 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     model_export.add_argument("name", choices=sorted(EXPORTERS))
     model_export.add_argument("--output", type=Path, required=True, help="model base path; versions go inside")
     model_export.add_argument("--version", type=int, default=1, help="version directory name (default 1)")
-    model_export.add_argument("--data", type=Path, default=None, help="MNIST IDX files (default: scikit-learn's digits)")
+    model_export.add_argument("--data", type=Path, default=None, help="mnist: MNIST IDX files (default: scikit-learn's digits)")
+    model_export.add_argument("--weights", type=Path, default=None,
+                              help="inception: a Keras weights file (default: random initialisation)")
     model_export.set_defaults(run=_model_export)
     return parser
 

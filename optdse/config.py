@@ -23,12 +23,14 @@ class ServerConfig:
 @dataclass(frozen=True)
 class ClientConfig:
     """How it is loaded: `threads` closed-loop client threads send `requests` Predict calls in
-    total, each carrying `file_size` units of the model's input (MNIST: images)."""
+    total, each carrying `file_size` units of the model's input (MNIST: images), and stop
+    early once `duration_s` has passed if one is set."""
 
     threads: int
     file_size: int
     requests: int
     warmup_fraction: float = 0.1
+    duration_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -39,4 +41,5 @@ class Config:
     def describe(self) -> str:
         s, c = self.server, self.client
         return (f"{s.replicas} x {s.model} ({s.cpus:g} CPU, {s.memory_mb} MB), "
-                f"{c.threads} threads, file size {c.file_size}, {c.requests} requests")
+                f"{c.threads} threads, file size {c.file_size}, {c.requests} requests"
+                + (f" or {c.duration_s:g} s" if c.duration_s else ""))

@@ -8,6 +8,11 @@ processes) and its own CPU time, which is reported as the client's CPU and never
 
 Requests are spread over replicas round robin: request k of thread i goes to replica
 (i + k) mod R, so every replica sees every thread.
+
+A run ends when its requests are sent or, if the plan has a duration, when that much time has
+passed since the start, whichever comes first: slow models (Inception at a fraction of a core)
+would otherwise make one trial take hours. A thread never abandons a request it has sent; it
+just sends no more once the time is up.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class LoadPlan:
     requests: int
     deadline_s: float = 30.0
     processes: int = 0  # 0: one per core, at most one per thread
+    duration_s: float | None = None  # stop sending after this long, even if requests remain
 
     def worker_count(self) -> int:
         wanted = self.processes or (os.cpu_count() or 1)
@@ -98,6 +104,8 @@ def _worker(plan: LoadPlan, thread_ids: list[int], counts: list[int], ready: mul
         thread, out = thread_ids[slot], records[slot]
         checked = False
         for k in range(counts[slot]):
+            if stop_at is not None and time.perf_counter() >= stop_at:
+                break
             call = calls[(thread + k) % len(calls)]
             t0 = time.perf_counter()
             try:
@@ -123,6 +131,7 @@ def _worker(plan: LoadPlan, thread_ids: list[int], counts: list[int], ready: mul
     ready.put(os.getpid())
     go.wait(60)
     cpu0, wall0 = time.process_time(), time.perf_counter()
+    stop_at = None if plan.duration_s is None else wall0 + plan.duration_s
     threads = [threading.Thread(target=run, args=(slot,), daemon=True) for slot in range(len(thread_ids))]
     for t in threads:
         t.start()

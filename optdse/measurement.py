@@ -93,6 +93,8 @@ class Measurement:
     window_start_s: float       # the window, in seconds since the load started (for plots)
     window_end_s: float
     timeseries: list[dict[str, float]]
+    request_bytes: int = 0      # one serialized request (for Inception: the JPEG's size shows here)
+    file_size_unit: str = ""
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

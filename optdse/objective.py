@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from optdse.config import Config
 from optdse.deploy.base import Backend
 from optdse.load import LoadError, LoadPlan, run_load
@@ -27,7 +29,7 @@ def measure(backend: Backend, config: Config, client_processes: int = 0, deadlin
     payload = build_payload(config.server.model, config.client.file_size)
     plan = LoadPlan(targets=tuple(e.target for e in endpoints), body=payload.body, batch=payload.batch,
                     threads=config.client.threads, requests=config.client.requests,
-                    deadline_s=deadline_s, processes=client_processes)
+                    deadline_s=deadline_s, processes=client_processes, duration_s=config.client.duration_s)
     monitor = Monitor(backend)
     monitor.start()
     try:
@@ -41,7 +43,8 @@ def measure(backend: Backend, config: Config, client_processes: int = 0, deadlin
         codes = ", ".join(f"{code} x{n}" for code, n in load.error_codes.items())
         raise MeasureError("errors", f"all {len(load.ok)} requests failed ({codes})")
     window = cut_window(load, config.client.warmup_fraction)
-    return summarize(load, samples, window, backend.memory_peaks(), backend.accounting, backend.limits_enforced)
+    summary = summarize(load, samples, window, backend.memory_peaks(), backend.accounting, backend.limits_enforced)
+    return replace(summary, request_bytes=payload.bytes_per_request, file_size_unit=payload.unit)
 
 
 __all__ = ["MeasureError", "measure"]

@@ -1,17 +1,27 @@
 """Request bodies per model: what one request's "file" is, at a given file size.
 
 Requests are serialized once per trial and sent as bytes, so the load generator spends its
-CPU on the RPC and not on building protobufs. The contents are fixed pseudo-random inputs:
-latency of these models does not depend on the values, only on the shapes.
+CPU on the RPC and not on building protobufs. The contents are fixed pseudo-random inputs
+(seeded by the file size): the latency of these models depends on the input's shape, not on
+its values. What "file size" counts differs per model (`UNITS`):
+
+- mnist: images per request (a batch of 28x28 images, the seed's softmax regression);
+- inception: the edge of one square JPEG in pixels (decoded and resized inside the graph,
+  so a bigger file costs decoding, not convolutions); its bytes are recorded as well;
+- nmt: tokens in one source sentence (the seed measured 1..1171); decoding runs to 2x that;
+- deepspeech: seconds of one 16 kHz mono clip.
 """
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from optdse.protos import predict_pb2, types_pb2
+from serving.models import deepspeech, inception, nmt
 
 
 @dataclass(frozen=True)
@@ -23,28 +33,83 @@ class Payload:
     bytes_per_request: int
 
 
-def _mnist(file_size: int, model: str) -> Payload:
-    images = np.random.default_rng(file_size).random((file_size, 784), dtype=np.float32)
+UNITS = {
+    "mnist": "images per request",
+    "inception": "JPEG edge in pixels (one image per request)",
+    "nmt": "tokens in the source sentence",
+    "deepspeech": "seconds of 16 kHz audio",
+}
+
+
+def _request(model: str, signature: str, alias: str, array: np.ndarray, dtype: int) -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model
-    request.model_spec.signature_name = "predict_images"
-    tensor = request.inputs["images"]
-    tensor.dtype = types_pb2.DT_FLOAT
-    tensor.tensor_shape.dim.add().size = file_size
-    tensor.tensor_shape.dim.add().size = 784
-    tensor.tensor_content = images.tobytes()
-    body = request.SerializeToString()
-    return Payload(body=body, batch=file_size, file_size=file_size, unit="images", bytes_per_request=len(body))
+    request.model_spec.signature_name = signature
+    tensor = request.inputs[alias]
+    tensor.dtype = dtype
+    for size in array.shape:
+        tensor.tensor_shape.dim.add().size = size
+    tensor.tensor_content = np.ascontiguousarray(array).tobytes()
+    return request
 
 
-BUILDERS = {"mnist": _mnist}
-UNITS = {"mnist": "images per request"}
+def _mnist(file_size: int, model: str) -> tuple[predict_pb2.PredictRequest, int]:
+    images = np.random.default_rng(file_size).random((file_size, 784), dtype=np.float32)
+    return _request(model, "predict_images", "images", images, types_pb2.DT_FLOAT), file_size
+
+
+def _inception(file_size: int, model: str) -> tuple[predict_pb2.PredictRequest, int]:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = inception.SIGNATURE
+    tensor = request.inputs[inception.INPUT]
+    tensor.dtype = types_pb2.DT_STRING
+    tensor.tensor_shape.dim.add().size = 1
+    tensor.string_val.append(synthetic_jpeg(file_size))
+    return request, 1
+
+
+def synthetic_jpeg(edge: int, quality: int = 90) -> bytes:
+    """A photo-like square JPEG: smooth colour gradients and shapes plus a little sensor
+    noise, so it compresses like a photograph (pure noise would be many times larger)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(edge)
+    y, x = np.mgrid[0:edge, 0:edge].astype(np.float32) / max(edge, 1)
+    phases = rng.random(3) * 2 * np.pi
+    channels = [0.5 + 0.35 * np.sin(2 * np.pi * (1.5 * x + (c + 1) * y) + phases[c]) for c in range(3)]
+    pixels = np.stack(channels, axis=-1) * 255 + rng.normal(0, 6, (edge, edge, 3))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def _nmt(file_size: int, model: str) -> tuple[predict_pb2.PredictRequest, int]:
+    first_word = nmt.EOS + 1  # ids below are <unk>, <s>, </s>
+    tokens = np.random.default_rng(file_size).integers(first_word, nmt.SOURCE_VOCAB, (1, file_size), dtype=np.int32)
+    return _request(model, nmt.SIGNATURE, nmt.INPUT, tokens, types_pb2.DT_INT32), 1
+
+
+def _deepspeech(file_size: int, model: str) -> tuple[predict_pb2.PredictRequest, int]:
+    rate = deepspeech.SAMPLE_RATE
+    t = np.arange(file_size * rate, dtype=np.float32) / rate
+    voiced = sum(0.2 * np.sin(2 * np.pi * f * t) for f in (220.0, 440.0, 1250.0))  # a vowel-like tone
+    noise = np.random.default_rng(file_size).normal(0, 0.02, t.shape)
+    audio = (voiced + noise).astype(np.float32)[np.newaxis, :]
+    return _request(model, deepspeech.SIGNATURE, deepspeech.INPUT, audio, types_pb2.DT_FLOAT), 1
+
+
+BUILDERS: dict[str, Callable[[int, str], tuple[predict_pb2.PredictRequest, int]]] = {
+    "mnist": _mnist, "inception": _inception, "nmt": _nmt, "deepspeech": _deepspeech,
+}
 
 
 def build_payload(model: str, file_size: int) -> Payload:
     if model not in BUILDERS:
         raise ValueError(f"no payload builder for model {model!r}; known: {', '.join(BUILDERS)}")
-    return BUILDERS[model](file_size, model)
+    request, batch = BUILDERS[model](file_size, model)
+    body = request.SerializeToString()
+    return Payload(body=body, batch=batch, file_size=file_size, unit=UNITS[model], bytes_per_request=len(body))
 
 
-__all__ = ["BUILDERS", "UNITS", "Payload", "build_payload"]
+__all__ = ["BUILDERS", "UNITS", "Payload", "build_payload", "synthetic_jpeg"]

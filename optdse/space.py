@@ -42,12 +42,13 @@ def suggest(trial: BaseTrial, study: Study) -> Config:
     return to_config(values, study)
 
 
-def to_config(values: dict[str, float], study: Study, requests: int | None = None) -> Config:
+def to_config(values: dict[str, float], study: Study) -> Config:
     spec = study.spec
     server = ServerConfig(model=spec.model, replicas=int(values["replicas"]), cpus=float(values["cpus"]),
                           memory_mb=int(values["memory_mb"]))
     client = ClientConfig(threads=int(values["threads"]), file_size=int(values["file_size"]),
-                          requests=requests or spec.requests, warmup_fraction=spec.warmup_fraction)
+                          requests=spec.requests, warmup_fraction=spec.warmup_fraction,
+                          duration_s=spec.duration_s)
     return Config(server=server, client=client)
 
 

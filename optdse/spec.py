@@ -19,7 +19,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 #: Parameters a search space may define, and what each means to the system.
 PARAMETERS = {
     "threads": "closed-loop client threads (the seed's '# of threads')",
-    "file_size": "units of model input per request (MNIST: images)",
+    "file_size": "what one request carries (MNIST images, Inception JPEG edge, NMT tokens, DeepSpeech seconds)",
     "replicas": "server replicas (the seed's '# of servers')",
     "cpus": "CPU cores per replica (a CFS quota)",
     "memory_mb": "memory limit per replica in MiB",
@@ -30,7 +30,8 @@ METRICS = {
     "p99_ms": "minimize", "acu_cores": "minimize", "energy_j": "minimize",
     "throughput_rps": "maximize",
 }
-MODELS = ("mnist",)
+#: The seed's four servables (serving/models/); optdse/payloads.py says what file size means for each.
+MODELS = ("mnist", "inception", "nmt", "deepspeech")
 INTEGER_PARAMETERS = {"threads", "file_size", "replicas", "memory_mb"}
 
 
@@ -115,11 +116,13 @@ class Sampler(_Strict):
 class StudySpec(_Strict):
     """studies/NAME.yaml: one study; its name is the file's stem."""
 
-    model: Literal["mnist"]
+    model: Literal["mnist", "inception", "nmt", "deepspeech"]
     search_space: str = Field(description="file name under search_spaces/")
     objectives: Annotated[list[Objective], Field(min_length=1)]
     trials: Annotated[int, Field(ge=1)] = 50
     requests: Annotated[int, Field(ge=10)] = 1000
+    duration_s: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="stop a trial's load after this many seconds even if requests remain (slow models)")
     warmup_fraction: Annotated[float, Field(ge=0, lt=0.9)] = 0.1
     max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
     backend: Literal["local", "docker", "swarm"] = "local"
@@ -154,6 +157,11 @@ class Study(BaseModel):
     path: Path
     spec: StudySpec
     space: SearchSpace
+
+    def with_load(self, requests: int | None = None, duration_s: float | None = None) -> Study:
+        """This study with the command line's --requests/--duration in place of the file's."""
+        update = {key: value for key, value in (("requests", requests), ("duration_s", duration_s)) if value}
+        return self.model_copy(update={"spec": self.spec.model_copy(update=update)}) if update else self
 
 
 def _one_line(path: Path, error: ValidationError, model: type[BaseModel]) -> str:

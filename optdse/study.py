@@ -13,7 +13,7 @@ import os
 import socket
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import optuna
 import psutil
@@ -100,11 +100,11 @@ class TrialOutcome:
     summary: str
 
 
-def run_trial(optuna_study: optuna.Study, study: Study, backend: Backend, requests: int | None) -> TrialOutcome:
+def run_trial(optuna_study: optuna.Study, study: Study, backend: Backend) -> TrialOutcome:
     trial = optuna_study.ask()
     config: Config | None = None
     try:  # from here on, whatever happens is recorded on the trial
-        config = _configure(trial, study, backend, requests)
+        config = _configure(trial, study, backend)
         result: Measurement = measure(backend, config)
     except (DeployError, MeasureError) as error:
         trial.set_user_attr("fail_reason", error.reason)
@@ -126,7 +126,7 @@ def run_trial(optuna_study: optuna.Study, study: Study, backend: Backend, reques
     return TrialOutcome(trial.number, TrialState.COMPLETE, values, summary)
 
 
-def _configure(trial: optuna.Trial, study: Study, backend: Backend, requests: int | None) -> Config:
+def _configure(trial: optuna.Trial, study: Study, backend: Backend) -> Config:
     """The trial's configuration; records which process measures it, so a resumed study can
     tell a trial whose run was killed from one still being measured."""
     me = psutil.Process()
@@ -136,10 +136,9 @@ def _configure(trial: optuna.Trial, study: Study, backend: Backend, requests: in
     config = suggest(trial, study)
     for name, value in fixed_values(study).items():
         trial.set_user_attr(f"fixed_{name}", value)
-    if requests:
-        config = replace(config, client=replace(config.client, requests=requests))
     trial.set_user_attr("config", config.describe())
     trial.set_user_attr("requests", config.client.requests)
+    trial.set_user_attr("duration_s", config.client.duration_s)
     return config
 
 
@@ -155,13 +154,13 @@ def _record_failure(optuna_study: optuna.Study, trial: optuna.Trial, error: Base
 
 
 def run_study(study: Study, storage: str, backend: Backend, trials: int | None = None,
-              requests: int | None = None, on_trial: Callable[[TrialOutcome], None] | None = None,
+              on_trial: Callable[[TrialOutcome], None] | None = None,
               optuna_study: optuna.Study | None = None) -> optuna.Study:
     """Run trials until the study has `trials` finished ones (COMPLETE or FAIL)."""
     optuna_study = optuna_study or open_study(study, storage)
     target = trials or study.spec.trials
     while len(optuna_study.get_trials(deepcopy=False, states=FINISHED)) < target:
-        outcome = run_trial(optuna_study, study, backend, requests)
+        outcome = run_trial(optuna_study, study, backend)
         if on_trial:
             on_trial(outcome)
     save_hypervolume_plot(optuna_study)

@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.serving_process import ServerProcess, export_mnist
+from tests.serving_process import ServerProcess, export_model
 
 
 @pytest.fixture(scope="session")
 def mnist_base_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model exported through the real CLI, as a user would make it."""
     base = tmp_path_factory.mktemp("models") / "mnist"
-    result = export_mnist(base)
+    result = export_model("mnist", base)
     assert result.returncode == 0, result.stderr
     return base
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory: pytest.TempPathFactory, mnist_base_path: Path) -> Callable[[str], Path]:
+    """The base path of model NAME, exported through the real CLI once per session."""
+    paths = {"mnist": mnist_base_path}
+
+    def base_path(name: str) -> Path:
+        if name not in paths:
+            base = tmp_path_factory.mktemp("models") / name
+            result = export_model(name, base)
+            assert result.returncode == 0, result.stderr
+            paths[name] = base
+        return paths[name]
+
+    return base_path
 
 
 @pytest.fixture(scope="session")

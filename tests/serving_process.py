@@ -98,9 +98,10 @@ def optdse_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "optdse.cli"]
 
 
-def export_mnist(output: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*optdse_command(), "model", "export", "mnist", "--output", str(output), *extra],
+def export_model(name: str, output: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`optdse model export NAME --output OUTPUT`, as a user runs it."""
+    return subprocess.run([*optdse_command(), "model", "export", name, "--output", str(output), *extra],
                           capture_output=True, text=True, timeout=600)
 
 
-__all__ = ["ServerProcess", "export_mnist", "free_port"]
+__all__ = ["ServerProcess", "export_model", "free_port"]

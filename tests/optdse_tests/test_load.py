@@ -48,3 +48,15 @@ def test_the_window_cuts_warm_up_and_cool_down(server: ServerProcess) -> None:
     first_thread_done = min(result.send[result.thread == t].max() for t in range(4))
     assert window.end == first_thread_done and (inside < first_thread_done).all()
     assert 200 < window.mask.sum() < 360
+
+
+def test_a_duration_ends_the_run_before_its_requests_are_sent(server: ServerProcess) -> None:
+    bounded = LoadPlan(**{**plan((f"127.0.0.1:{server.port}",), threads=3, requests=10**6).__dict__,
+                          "duration_s": 1.0})
+    result = run_load(bounded, timeout_s=60)
+    assert 0 < len(result.send) < 10**6 and result.ok.all()
+    assert result.send[-1] - result.started < 1.0  # nothing is sent after the time is up ...
+    assert sorted(set(result.thread.tolist())) == [0, 1, 2]  # ... by any thread,
+    assert result.finished - result.started < 1.0 + 10  # and the run ends within a request's deadline
+    window = cut_window(result, warmup_fraction=0.1)
+    assert window.end > window.start and window.mask.sum() > 0.5 * len(result.send)

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from serving.models.idx import IdxFormatError, parse_idx, read_idx, write_idx
 from serving.models.mnist import load_sklearn_digits
-from tests.serving_process import export_mnist
+from tests.serving_process import export_model
 
 
 @pytest.mark.parametrize("name", ["images-idx3-ubyte", "images-idx3-ubyte.gz"])
@@ -52,7 +52,7 @@ def test_export_from_idx_files_with_version(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     write_small_mnist(data)
-    result = export_mnist(tmp_path / "model", "--data", str(data), "--version", "4")
+    result = export_model("mnist", tmp_path / "model", "--data", str(data), "--version", "4")
     assert result.returncode == 0, result.stderr
     accuracy = float(result.stdout.split("held-out accuracy:")[1].split()[0])
     assert accuracy > 0.85, result.stdout
@@ -66,7 +66,7 @@ def test_export_from_idx_files_with_version(tmp_path: Path) -> None:
         scores = signature(images=tf.zeros([2, 784]))["scores"].numpy()
         np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)
 
-    again = export_mnist(tmp_path / "model", "--data", str(data), "--version", "4")
+    again = export_model("mnist", tmp_path / "model", "--data", str(data), "--version", "4")
     assert again.returncode == 2 and "already holds a model" in again.stderr
 
 
@@ -77,6 +77,6 @@ def test_default_export_uses_scikit_learn_digits(mnist_base_path: Path) -> None:
 
 
 def test_missing_idx_files_are_a_clear_error(tmp_path: Path) -> None:
-    result = export_mnist(tmp_path / "model", "--data", str(tmp_path))
+    result = export_model("mnist", tmp_path / "model", "--data", str(tmp_path))
     assert result.returncode == 2
     assert "train-images-idx3-ubyte" in result.stderr and "Traceback" not in result.stderr
