@@ -39,9 +39,14 @@ def test_measure_json_reports_every_figure(project: Path, cgroup_driver: CgroupD
     assert not list((project / "state").glob("*/replica-*.json")), "a replica record outlived the command"
 
 
-def test_measure_rejects_a_bad_value_with_exit_2(project: Path) -> None:
-    done = optdse(project, "measure", "--cpus", "0")
-    assert done.returncode == 2 and "--cpus: must be between 0.01 and 64" in done.stderr
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--cpus", "0", "--cpus: must be between 0.01 and 64"),
+    ("--duration", "0", "--duration: must be a number of seconds > 0"),
+    ("--model", "resnet", "--model: invalid choice: 'resnet'"),
+])
+def test_measure_rejects_a_bad_value_with_exit_2(project: Path, option: str, value: str, message: str) -> None:
+    done = optdse(project, "measure", option, value)
+    assert done.returncode == 2 and message in done.stderr
 
 
 @pytest.fixture

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from optdse.spec import SpecError, load_study
+from optdse.payloads import BUILDERS, UNITS
+from optdse.spec import MODELS, SpecError, StudySpec, load_study
+from serving.models import EXPORTERS
 from tests.optdse_tests.conftest import SPACE, optdse, write_study
 
 
@@ -23,7 +25,26 @@ def test_shipped_study_loads_with_the_issue_space() -> None:
     assert study.spec.enqueue == [{"replicas": 1, "cpus": 1.0, "memory_mb": 1000, "file_size": 1}]
 
 
+def test_every_model_has_an_exporter_a_payload_and_a_study_with_a_bounded_duration() -> None:
+    assert set(MODELS) == set(EXPORTERS) == set(BUILDERS) == set(UNITS)
+    assert set(MODELS) == set(StudySpec.model_fields["model"].annotation.__args__)
+    for model in MODELS:
+        study = load_study(f"{model}-pareto")
+        assert study.spec.model == model and study.name == f"{model}-pareto"
+        assert model == "mnist" or study.spec.duration_s is not None  # slow models end by time
+
+
+def test_the_command_line_overrides_requests_and_duration() -> None:
+    study = load_study("nmt-pareto")
+    assert study.with_load() is study
+    quick = study.with_load(requests=20, duration_s=2.5)
+    assert (quick.spec.requests, quick.spec.duration_s) == (20, 2.5)
+    assert (study.spec.requests, study.spec.duration_s) == (300, 15)  # the loaded study is unchanged
+
+
 BAD_STUDIES = [
+    ({"model": "resnet"}, "model", "'mnist', 'inception', 'nmt' or 'deepspeech'"),
+    ({"duration_s": 0}, "duration_s", "greater than 0"),
     ({"trials": 0}, "trials", "greater than or equal to 1"),
     ({"backend": "kubernetes"}, "backend", "'local', 'docker' or 'swarm'"),
     ({"image": "'Tensorflow Serving'"}, "image", "host-python or a Docker image reference"),
@@ -83,7 +104,8 @@ def test_the_cli_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:
 def test_an_unknown_study_name_lists_the_known_ones(tmp_path: Path) -> None:
     done = optdse(tmp_path, "study", "no-such-study")
     assert done.returncode == 2
-    assert "no-such-study.yaml: file not found; known studies: mnist-pareto" in done.stderr
+    assert ("no-such-study.yaml: file not found; known studies: deepspeech-pareto, inception-pareto, "
+            "mnist-pareto, nmt-pareto") in done.stderr
 
 
 def test_a_storage_url_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
