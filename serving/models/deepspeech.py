@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.models.export import ExportResult, write_provenance
+from serving.models.layers import bidirectional_lstm
 
 SAMPLE_RATE = 16000
 WINDOW = 400  # 25 ms
@@ -71,11 +72,6 @@ def export(output: Path, version: int = 1, data: Path | None = None) -> ExportRe
     def clipped_relu(x: tf.Tensor) -> tf.Tensor:
         return tf.minimum(tf.nn.relu(x), RELU_CLIP)
 
-    def lstm(gates: tf.Tensor, c: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        i, f, g, o = tf.split(gates, 4, axis=-1)
-        c = tf.sigmoid(f + 1.0) * c + tf.sigmoid(i) * tf.tanh(g)
-        return tf.sigmoid(o) * tf.tanh(c), c
-
     class SpeechToText(tf.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -97,22 +93,9 @@ def export(output: Path, version: int = 1, data: Path | None = None) -> ExportRe
             windows = tf.signal.frame(padded, 2 * N_CONTEXT + 1, 1, axis=1)  # [batch, frames, 19, 26]
             return tf.reshape(windows, [tf.shape(audio)[0], -1, N_INPUT])
 
-        def bidirectional_lstm(self, x: tf.Tensor) -> tf.Tensor:
+        def recurrent(self, x: tf.Tensor) -> tf.Tensor:
             """[batch, frames, 512] -> [batch, frames, 1024], forward and backward outputs joined."""
-            w = self.w
-            x = tf.transpose(x, [1, 0, 2])  # time-major for the scan
-            # Input projections for all frames at once; the loop does only the recurrence.
-            forward_in = tf.einsum("tbh,hg->tbg", x, w["forward_input"]) + w["forward_bias"]
-            backward_in = tf.einsum("tbh,hg->tbg", tf.reverse(x, [0]), w["backward_input"]) + w["backward_bias"]
-            zeros = tf.zeros([tf.shape(x)[1], N_HIDDEN])
-
-            def step(state: tuple[tf.Tensor, ...], gates: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, ...]:
-                hf, cf, hb, cb = state
-                hf, cf = lstm(gates[0] + tf.matmul(hf, w["forward_recurrent"]), cf)
-                hb, cb = lstm(gates[1] + tf.matmul(hb, w["backward_recurrent"]), cb)
-                return hf, cf, hb, cb
-
-            hf, _, hb, _ = tf.scan(step, (forward_in, backward_in), initializer=(zeros,) * 4)
+            hf, _, hb, _ = bidirectional_lstm(tf.transpose(x, [1, 0, 2]), self.w, N_HIDDEN)  # time-major
             return tf.transpose(tf.concat([hf, tf.reverse(hb, [0])], axis=-1), [1, 0, 2])
 
         @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name=INPUT)])
@@ -121,7 +104,7 @@ def export(output: Path, version: int = 1, data: Path | None = None) -> ExportRe
             x = self.features(audio)
             for layer in ("1", "2", "3"):
                 x = clipped_relu(tf.einsum("bti,io->bto", x, w[f"h{layer}"]) + w[f"b{layer}"])
-            x = clipped_relu(tf.einsum("bti,io->bto", self.bidirectional_lstm(x), w["h5"]) + w["b5"])
+            x = clipped_relu(tf.einsum("bti,io->bto", self.recurrent(x), w["h5"]) + w["b5"])
             logits = tf.einsum("bti,io->bto", x, w["h6"]) + w["b6"]
             shape = tf.shape(logits)
             return {"logits": logits, "frames": tf.fill(shape[:1], shape[1])}

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.models.export import ExportResult, write_provenance
+from serving.models.layers import bidirectional_lstm, lstm_cell
 
 SOURCE_VOCAB = 17191  # TF NMT's IWSLT'15 English vocabulary
 TARGET_VOCAB = 7709  # ... and Vietnamese
@@ -75,11 +76,6 @@ def export(output: Path, version: int = 1, data: Path | None = None) -> ExportRe
         raise ValueError("the NMT servable is not trained and takes no data")
     import tensorflow as tf
 
-    def lstm(gates: tf.Tensor, c: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        i, f, g, o = tf.split(gates, 4, axis=-1)
-        c = tf.sigmoid(f + 1.0) * c + tf.sigmoid(i) * tf.tanh(g)  # forget bias 1, as TF's cells
-        return tf.sigmoid(o) * tf.tanh(c), c
-
     class Translator(tf.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -87,20 +83,8 @@ def export(output: Path, version: int = 1, data: Path | None = None) -> ExportRe
 
         def encode(self, tokens: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             """Encoder outputs [batch, time, 512] and the final (h, c), both directions joined."""
-            w = self.w
-            embedded = tf.transpose(tf.nn.embedding_lookup(w["source_embedding"], tokens), [1, 0, 2])
-            # Input projections for all time steps at once; the loop does only the recurrence.
-            forward_in = tf.einsum("tbe,eg->tbg", embedded, w["forward_input"]) + w["forward_bias"]
-            backward_in = tf.einsum("tbe,eg->tbg", tf.reverse(embedded, [0]), w["backward_input"]) + w["backward_bias"]
-            zeros = tf.zeros([tf.shape(tokens)[0], ENCODER_UNITS])
-
-            def step(state: tuple[tf.Tensor, ...], x: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, ...]:
-                hf, cf, hb, cb = state
-                hf, cf = lstm(x[0] + tf.matmul(hf, w["forward_recurrent"]), cf)
-                hb, cb = lstm(x[1] + tf.matmul(hb, w["backward_recurrent"]), cb)
-                return hf, cf, hb, cb
-
-            hf, cf, hb, cb = tf.scan(step, (forward_in, backward_in), initializer=(zeros,) * 4)
+            embedded = tf.transpose(tf.nn.embedding_lookup(self.w["source_embedding"], tokens), [1, 0, 2])
+            hf, cf, hb, cb = bidirectional_lstm(embedded, self.w, ENCODER_UNITS)
             outputs = tf.concat([hf, tf.reverse(hb, [0])], axis=-1)  # [time, batch, 512]
             return (tf.transpose(outputs, [1, 0, 2]),
                     tf.concat([hf[-1], hb[-1]], axis=-1), tf.concat([cf[-1], cb[-1]], axis=-1))
@@ -119,7 +103,7 @@ def export(output: Path, version: int = 1, data: Path | None = None) -> ExportRe
 
             def body(t, previous, attention, h, c, finished, lengths, emitted):
                 x = tf.concat([tf.nn.embedding_lookup(w["target_embedding"], previous), attention, h], axis=-1)
-                h, c = lstm(tf.matmul(x, w["decoder_kernel"]) + w["decoder_bias"], c)
+                h, c = lstm_cell(tf.matmul(x, w["decoder_kernel"]) + w["decoder_bias"], c)
                 alignment = tf.nn.softmax(tf.einsum("bd,btd->bt", h, keys))
                 context = tf.einsum("bt,btd->bd", alignment, memory)
                 attention = tf.tanh(tf.matmul(tf.concat([context, h], axis=-1), w["attention_layer"]))
