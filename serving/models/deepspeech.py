@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.models.export import ExportResult, write_provenance
+from serving.models.export import ExportResult, record_untrained, save_servable
 from serving.models.layers import bidirectional_lstm
 
 SAMPLE_RATE = 16000
@@ -111,16 +111,6 @@ def export(output: Path, version: int = 1, data: Path | None = None) -> ExportRe
 
     module = SpeechToText()
     target = output / str(version)
-    tf.saved_model.save(module, str(target),
-                        signatures={SIGNATURE: module.transcribe, "serving_default": module.transcribe})
-    result = ExportResult(
-        model="deepspeech",
-        path=target,
-        dataset="none (no training)",
-        weights=f"random initialisation (seed {SEED}); latency depends on the audio length, not on weight values",
-        held_out_accuracy=None,
-        train_examples=0,
-        test_examples=0,
-    )
-    write_provenance(result)
-    return result
+    save_servable(module, SIGNATURE, module.transcribe, target)
+    return record_untrained("deepspeech", target, f"random initialisation (seed {SEED}); latency depends on the "
+                                                  "audio length, not on weight values")

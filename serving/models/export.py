@@ -38,3 +38,20 @@ def read_provenance(version_dir: Path) -> dict[str, object] | None:
         return json.loads((version_dir / PROVENANCE_FILE).read_text())
     except (OSError, ValueError):
         return None
+
+
+def save_servable(module: object, signature: str, function: object, target: Path) -> None:
+    """tf.saved_model.save `module` with `function` under its own signature name and as
+    `serving_default`, so clients that name no signature get it too (as TF Serving's examples)."""
+    import tensorflow as tf
+
+    tf.saved_model.save(module, str(target), signatures={signature: function, "serving_default": function})
+
+
+def record_untrained(model: str, target: Path, weights: str) -> ExportResult:
+    """The provenance of a model exported without training (`weights` says where they came
+    from), written next to it."""
+    result = ExportResult(model=model, path=target, dataset="none (no training)", weights=weights,
+                          held_out_accuracy=None, train_examples=0, test_examples=0)
+    write_provenance(result)
+    return result

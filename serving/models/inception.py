@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from serving.models.export import ExportResult, write_provenance
+from serving.models.export import ExportResult, record_untrained, save_servable
 
 INPUT_EDGE = 299
 NUM_CLASSES = 1000
@@ -71,21 +71,11 @@ def export(output: Path, version: int = 1, weights: Path | None = None) -> Expor
 
     module = Inception()
     target = output / str(version)
-    tf.saved_model.save(module, str(target),
-                        signatures={SIGNATURE: module.predict_images, "serving_default": module.predict_images})
+    save_servable(module, SIGNATURE, module.predict_images, target)
     _check_variables_saved(target, len(model.variables))
-    result = ExportResult(
-        model="inception",
-        path=target,
-        dataset="none (no training)",
-        weights=(f"user weights file {weights}" if weights is not None else
-                 f"random initialisation (seed {SEED}); latency does not depend on weight values, only on shapes"),
-        held_out_accuracy=None,
-        train_examples=0,
-        test_examples=0,
-    )
-    write_provenance(result)
-    return result
+    return record_untrained("inception", target, f"user weights file {weights}" if weights is not None else
+                            f"random initialisation (seed {SEED}); latency does not depend on weight values, "
+                            "only on shapes")
 
 
 def _check_variables_saved(target: Path, expected: int) -> None:

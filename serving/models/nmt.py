@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.models.export import ExportResult, write_provenance
+from serving.models.export import ExportResult, record_untrained, save_servable
 from serving.models.layers import bidirectional_lstm, lstm_cell
 
 SOURCE_VOCAB = 17191  # TF NMT's IWSLT'15 English vocabulary
@@ -124,17 +124,6 @@ def export(output: Path, version: int = 1, data: Path | None = None) -> ExportRe
 
     module = Translator()
     target = output / str(version)
-    tf.saved_model.save(module, str(target),
-                        signatures={SIGNATURE: module.translate, "serving_default": module.translate})
-    result = ExportResult(
-        model="nmt",
-        path=target,
-        dataset="none (no training)",
-        weights=(f"random initialisation (seed {SEED}), EOS suppressed so decoding runs to 2x the source "
-                 "length; latency depends on shapes, not weight values"),
-        held_out_accuracy=None,
-        train_examples=0,
-        test_examples=0,
-    )
-    write_provenance(result)
-    return result
+    save_servable(module, SIGNATURE, module.translate, target)
+    return record_untrained("nmt", target, f"random initialisation (seed {SEED}), EOS suppressed so decoding runs "
+                                           "to 2x the source length; latency depends on shapes, not weight values")
