@@ -12,7 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from optdse.grid import levels_of
+from optdse.grid import AskTellGridSampler, levels_of
 from optdse.spec import Range
 from tests.optdse_tests.conftest import optdse, write_study
 from tests.serving_process import optdse_command
@@ -83,3 +83,17 @@ def _trials_or_none(project: Path) -> list[optuna.trial.FrozenTrial]:
         return grid_trials(project)
     except Exception:  # noqa: BLE001  # KeyError, or the schema being created right now
         return []
+
+
+def test_the_grid_visits_points_in_deployment_order() -> None:
+    """Replicas outermost and memory rising within them, so one deployment is updated in place."""
+    space = {"threads": [1, 4], "replicas": [2, 1], "memory_mb": [512, 256], "cpus": [0.5, 1.0]}
+    study = optuna.create_study(sampler=AskTellGridSampler(space, seed=0), directions=["minimize"])
+    visited = []
+    for _ in range(16):
+        trial = study.ask()
+        visited.append(tuple(trial.suggest_categorical(name, space[name])  # type: ignore[arg-type]
+                             for name in ("replicas", "memory_mb", "cpus", "threads")))
+        study.tell(trial, 0.0)
+    assert visited == sorted(visited)
+    assert len(set(visited)) == 16
