@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 from optdse.config import Config
@@ -25,7 +26,13 @@ class MeasureError(RuntimeError):
 
 
 def measure(backend: Backend, config: Config, client_processes: int = 0, deadline_s: float = 30.0) -> Measurement:
+    """Deploy `config.server`, load it with `config.client`, and summarize the window.
+
+    Also records where the trial's time went (`deploy_s`, `load_setup_s`, `load_s`), which
+    the trial-overhead benchmark adds up."""
+    began = time.perf_counter()
     endpoints = backend.apply(config.server)
+    deployed = time.perf_counter()
     payload = build_payload(config.server.model, config.client.file_size)
     plan = LoadPlan(targets=tuple(e.target for e in endpoints), body=payload.body, batch=payload.batch,
                     threads=config.client.threads, requests=config.client.requests,
@@ -44,7 +51,9 @@ def measure(backend: Backend, config: Config, client_processes: int = 0, deadlin
         raise MeasureError("errors", f"all {len(load.ok)} requests failed ({codes})")
     window = cut_window(load, config.client.warmup_fraction)
     summary = summarize(load, samples, window, backend.memory_peaks(), backend.accounting, backend.limits_enforced)
-    return replace(summary, request_bytes=payload.bytes_per_request, file_size_unit=payload.unit)
+    return replace(summary, request_bytes=payload.bytes_per_request, file_size_unit=payload.unit,
+                   deploy_s=deployed - began, load_setup_s=load.started - deployed,
+                   load_s=load.finished - load.started)
 
 
 __all__ = ["MeasureError", "measure"]

@@ -190,3 +190,32 @@ def test_an_image_that_is_not_there_is_a_clear_error(mnist_base_path: Path) -> N
         DockerBackend(mnist_base_path, warn=pytest.fail, image="optdse-test/absent:none")
     assert caught.value.reason == "image"
     assert "optdse-test/absent:none is not on this machine and cannot be pulled" in caught.value.message
+
+
+@pytest.mark.parametrize("park_idle", [True, False])
+def test_local_replicas_a_trial_no_longer_needs_are_parked_for_the_next(mnist_base_path: Path, park_idle: bool) -> None:
+    """Parked replicas get no load and are not measured; growing again takes them back
+    (same processes, new limits) instead of starting TensorFlow again. Without parking
+    they are stopped. Either way close() leaves nothing."""
+    backend = LocalBackend(mnist_base_path, warn=pytest.fail, park_idle=park_idle)
+    try:
+        backend.apply(config(replicas=3))
+        three = backend.replica_ids()
+        backend.apply(config(replicas=1, cpus=1.0))
+        assert backend.replica_ids() == three[:1]
+        assert len(backend.usage().cpu_seconds) == 1
+        idle = [pid for pid in three[1:] if psutil.pid_exists(int(pid))]
+        assert idle == (list(three[1:]) if park_idle else [])
+        endpoints = backend.apply(config(replicas=3, cpus=1.5, memory_mb=900))
+        assert (set(backend.replica_ids()) == set(three)) is park_idle
+        for endpoint in endpoints:
+            wait_available(endpoint.target, "mnist", timeout=5)
+        if backend.driver is not None and backend.driver.version == 1:
+            for replica in backend.replicas:
+                assert replica.cgroup is not None
+                assert (replica.cgroup.cpu_dir / "cpu.cfs_quota_us").read_text().strip() == "150000"
+                assert (replica.cgroup.memory_dir / "memory.limit_in_bytes").read_text().strip() == str(900 * 2**20)
+        every = set(three) | set(backend.replica_ids())
+    finally:
+        backend.close()
+    assert leftovers(backend, tuple(every)) == []
