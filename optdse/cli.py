@@ -119,10 +119,10 @@ def _run_trials(command: str, args: argparse.Namespace, prepare: Callable[[Any, 
     from optdse.deploy.base import DeployError
     from optdse.progress import StudyProgress
     from optdse.spec import SpecError, load_study
-    from optdse.study import default_storage, run_study
+    from optdse.study import default_storage, repeatability, run_study
 
     try:
-        study = load_study(args.name).with_load(args.requests, args.duration)
+        study = load_study(args.name).with_load(args.requests, args.duration, args.repeats)
     except SpecError as error:
         return _fail(command, str(error))
     storage = args.storage or default_storage()
@@ -152,6 +152,11 @@ def _run_trials(command: str, args: argparse.Namespace, prepare: Callable[[Any, 
     name = optuna_study.study_name
     console.print(f"\nPareto front of {name} ({len(pareto_frame(optuna_study))} configurations):")
     console.print(StudyProgress.pareto_table(optuna_study))
+    noise = repeatability(optuna_study)
+    if noise is not None:
+        trials, repeats, art_cv, acu_cv = noise
+        console.print(f"repeatability: {trials} trials measured {repeats} times in a row; median coefficient of "
+                      f"variation ART {art_cv:.1%}, ACU {acu_cv:.1%} (differences smaller than a few CVs are noise)")
     console.print(f"storage: {storage}\n  optdse report {study.name} --output report.html"
                   f"\n  optdse dashboard {study.name}\n  optdse export {study.name} --pareto pareto.csv"
                   + (f" --storage {storage}" if args.storage else ""))
@@ -319,6 +324,9 @@ def _add_trial_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--requests", type=_positive_int, help="requests per trial (default: the study file's)")
     parser.add_argument("--duration", type=_positive_float, metavar="SECONDS",
                         help="stop each trial's load after this long (default: the study file's duration_s)")
+    parser.add_argument("--repeats", type=_positive_int, metavar="N",
+                        help="measure each configuration N times in a row: objectives are the means, and each "
+                             "trial records the coefficient of variation of ART and ACU (default: the study file's, 1)")
     parser.add_argument("--backend", choices=["local", "docker", "swarm"],
                         help="where replicas run (default: the study file's)")
     parser.add_argument("--swarm-init", action="store_true",

@@ -32,6 +32,9 @@ def trial_note(config: Config, result: Measurement) -> str:
         f"| energy | {energy} |",
         f"| accounting | {result.accounting}, limits {'enforced' if result.limits_enforced else 'NOT enforced'} |",
     ]
+    if result.repeats > 1:
+        lines.insert(2, f"Measured {result.repeats} times in a row: figures are means (counts are sums); "
+                        f"coefficient of variation ART {result.art_cv:.1%}, ACU {result.acu_cv:.1%}.\n")
     lines += [f"\n**Warning:** {warning}" for warning in result.warnings]
     return "\n".join(lines)
 

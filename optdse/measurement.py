@@ -15,7 +15,7 @@ Definitions (README "Definitions" says the same):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
@@ -95,6 +95,14 @@ class Measurement:
     timeseries: list[dict[str, float]]
     request_bytes: int = 0      # one serialized request (for Inception: the JPEG's size shows here)
     file_size_unit: str = ""
+    deploy_s: float = 0.0       # where the trial's time went: deploying (starting, resizing replicas),
+    load_setup_s: float = 0.0   # starting the load generator, and
+    load_s: float = 0.0         # the load itself, warm-up and cool-down included
+    repeats: int = 1            # measurements of this configuration in a row (--repeats)
+    art_cv: float | None = None  # their coefficients of variation (stdev / mean): the noise
+    acu_cv: float | None = None
+    art_ms_repeats: list[float] = field(default_factory=list)
+    acu_cores_repeats: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -141,6 +149,40 @@ def summarize(load: LoadResult, samples: Samples, window: Window, memory_peaks: 
         timeseries=timeseries(load, samples, window))
 
 
+def coefficient_of_variation(values: list[float]) -> float:
+    """Sample standard deviation over the mean (0 for fewer than two values)."""
+    mean = float(np.mean(values))
+    return float(np.std(values, ddof=1) / mean) if len(values) > 1 and mean > 0 else 0.0
+
+
+#: Figures that describe one run (the first repeat's, like its time series), not a quantity to average.
+_FROM_FIRST = frozenset({"client_processes", "window_start_s", "window_end_s", "request_bytes"})
+
+
+def combine_repeats(results: list[Measurement]) -> Measurement:
+    """One configuration measured several times in a row, as one trial's figures.
+
+    Every float figure is the mean over the repeats and every count the sum, so objectives
+    are averages; lists, flags and the time series come from the first repeat. The spread of
+    ART and ACU is kept as coefficients of variation: a difference between two trials smaller
+    than a few CVs is noise, not a better configuration."""
+    first = results[0]
+    combined: dict[str, object] = {}
+    for item in fields(Measurement):
+        values = [getattr(r, item.name) for r in results]
+        if item.name in _FROM_FIRST or isinstance(values[0], bool) or not isinstance(values[0], (int, float)):
+            continue
+        combined[item.name] = sum(values) if isinstance(values[0], int) else float(np.mean(values))
+    combined["mem_peak_mb"] = max(r.mem_peak_mb for r in results)
+    art, acu = [r.art_ms for r in results], [r.acu_cores for r in results]
+    combined["error_rate"] = combined["errors"] / max(1, combined["requests_sent"])  # type: ignore[operator]
+    combined.update(repeats=len(results), art_cv=coefficient_of_variation(art), acu_cv=coefficient_of_variation(acu),
+                    art_ms_repeats=art, acu_cores_repeats=acu, stable=all(r.stable for r in results),
+                    error_codes={code: sum(r.error_codes.get(code, 0) for r in results)
+                                 for r in results for code in r.error_codes})
+    return replace(first, **combined)
+
+
 #: Buckets per time series: enough to see a warm-up of a tenth of the run.
 TIMESERIES_BUCKETS = 40
 
@@ -167,4 +209,5 @@ def timeseries(load: LoadResult, samples: Samples, window: Window) -> list[dict[
     return rows
 
 
-__all__ = ["Measurement", "Window", "cut_window", "summarize", "timeseries"]
+__all__ = ["Measurement", "Window", "coefficient_of_variation", "combine_repeats", "cut_window", "summarize",
+           "timeseries"]

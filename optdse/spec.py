@@ -124,6 +124,9 @@ class StudySpec(_Strict):
     duration_s: Annotated[float, Field(gt=0)] | None = Field(
         None, description="stop a trial's load after this many seconds even if requests remain (slow models)")
     warmup_fraction: Annotated[float, Field(ge=0, lt=0.9)] = 0.1
+    repeats: Annotated[int, Field(ge=1, le=100)] = Field(
+        1, description="measure each configuration this many times in a row; objectives are the mean, "
+                       "and the trial records the coefficient of variation of ART and ACU")
     max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
     backend: Literal["local", "docker", "swarm"] = "local"
     image: str = Field("host-python", description="docker/swarm: host-python, an optdse.serve image "
@@ -158,9 +161,11 @@ class Study(BaseModel):
     spec: StudySpec
     space: SearchSpace
 
-    def with_load(self, requests: int | None = None, duration_s: float | None = None) -> Study:
-        """This study with the command line's --requests/--duration in place of the file's."""
-        update = {key: value for key, value in (("requests", requests), ("duration_s", duration_s)) if value}
+    def with_load(self, requests: int | None = None, duration_s: float | None = None,
+                  repeats: int | None = None) -> Study:
+        """This study with the command line's --requests/--duration/--repeats in place of the file's."""
+        update = {key: value for key, value in (("requests", requests), ("duration_s", duration_s),
+                                                ("repeats", repeats)) if value}
         return self.model_copy(update={"spec": self.spec.model_copy(update=update)}) if update else self
 
 

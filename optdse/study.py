@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import statistics
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from optdse.config import Config
 from optdse.dashboard import failure_note, save_hypervolume_plot, trial_note
 from optdse.deploy.base import Backend, DeployError
 from optdse.deploy.runs import live_process
-from optdse.measurement import Measurement
+from optdse.measurement import Measurement, combine_repeats
 from optdse.objective import MeasureError, measure
 from optdse.space import fixed_values, suggest
 from optdse.spec import Study
@@ -105,7 +106,8 @@ def run_trial(optuna_study: optuna.Study, study: Study, backend: Backend) -> Tri
     config: Config | None = None
     try:  # from here on, whatever happens is recorded on the trial
         config = _configure(trial, study, backend)
-        result: Measurement = measure(backend, config)
+        repeats = [measure(backend, config) for _ in range(study.spec.repeats)]
+        result: Measurement = repeats[0] if len(repeats) == 1 else combine_repeats(repeats)
     except (DeployError, MeasureError) as error:
         trial.set_user_attr("fail_reason", error.reason)
         trial.set_user_attr("fail_message", error.message)
@@ -123,6 +125,8 @@ def run_trial(optuna_study: optuna.Study, study: Study, backend: Backend) -> Tri
     optuna_study.tell(trial, values)
     summary = (f"ART {result.art_ms:.2f} ms, ACU {result.acu_cores:.3f} cores, p95 {result.p95_ms:.2f} ms, "
                f"{result.throughput_rps:.0f} req/s, errors {result.errors}")
+    if result.repeats > 1:
+        summary += f", CV over {result.repeats} repeats: ART {result.art_cv:.1%}, ACU {result.acu_cv:.1%}"
     return TrialOutcome(trial.number, TrialState.COMPLETE, values, summary)
 
 
@@ -167,6 +171,17 @@ def run_study(study: Study, storage: str, backend: Backend, trials: int | None =
     return optuna_study
 
 
+def repeatability(optuna_study: optuna.Study) -> tuple[int, int, float, float] | None:
+    """(trials, repeats, median ART CV, median ACU CV) over the completed trials that were
+    measured more than once; None when none were (the study ran with repeats 1)."""
+    repeated = [t.user_attrs for t in optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.user_attrs.get("repeats", 1) > 1]
+    if not repeated:
+        return None
+    return (len(repeated), max(a["repeats"] for a in repeated), statistics.median(a["art_cv"] for a in repeated),
+            statistics.median(a["acu_cv"] for a in repeated))
+
+
 def enqueue_seed_points(optuna_study: optuna.Study, study: Study) -> int:
     """Enqueue the study file's first configurations, once, into a study with no trials."""
     if optuna_study.get_trials(deepcopy=False):
@@ -182,4 +197,4 @@ def default_storage() -> str:
 
 
 __all__ = ["constraints", "default_storage", "enqueue_seed_points", "fail_abandoned", "make_sampler",
-           "open_study", "run_study", "run_trial"]
+           "open_study", "repeatability", "run_study", "run_trial"]

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import time
 import urllib.request
@@ -213,3 +214,19 @@ def test_a_swarm_study_runs_and_leaves_no_service(project: Path) -> None:
     assert len(trials) == 2 and {t.user_attrs["backend"] for t in trials} == {"swarm"}
     client = docker.from_env(version="auto")
     assert client.services.list(filters={"label": "optdse.run"}) == []
+
+
+def test_repeats_measure_each_configuration_several_times_and_report_the_noise(project: Path) -> None:
+    """--repeats 3: the objectives are the means of three real measurements in a row; the
+    trial keeps each one and their coefficients of variation; the study prints the median."""
+    write_study(project, "noisy", trials=2)
+    run = optdse(project, "study", "noisy", "--repeats", "3", "--requests", "150")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "repeatability: 2 trials measured 3 times in a row" in run.stdout + run.stderr
+    for trial in load(project, "noisy").trials:
+        attrs = trial.user_attrs
+        assert attrs["repeats"] == 3 and len(attrs["art_ms_repeats"]) == 3
+        assert trial.values[0] == pytest.approx(statistics.mean(attrs["art_ms_repeats"]))
+        assert trial.values[1] == pytest.approx(statistics.mean(attrs["acu_cores_repeats"]))
+        assert attrs["art_cv"] == pytest.approx(statistics.stdev(attrs["art_ms_repeats"]) / trial.values[0])
+        assert attrs["requests_sent"] == 3 * 150  # counts add up over the repeats
