@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -72,7 +73,9 @@ def _backend(name: str, model: str, swarm_init: bool = False, image: str = "host
         return DockerBackend(base_path, warn=warn, image=image)
     from optdse.deploy.local import LocalBackend
 
-    return LocalBackend(base_path, warn=warn)
+    # OPTDSE_PARK_IDLE=0: stop replicas a trial no longer needs (gives their memory back)
+    # instead of parking them for a later trial.
+    return LocalBackend(base_path, warn=warn, park_idle=os.environ.get("OPTDSE_PARK_IDLE", "1") != "0")
 
 
 def _study(args: argparse.Namespace) -> int:

@@ -1,0 +1,77 @@
+"""Measure the exhaustive grid that the sample-efficiency benchmark replays, and save it as CSV.
+
+Runs `optdse grid STUDY --levels L` (real replicas, real load; it resumes if interrupted),
+then writes every grid point with its outcome to benchmarks/data/STUDY-grid-L.csv: the five
+parameters, the trial state, ART, ACU, error rate and, for a failed point, why (OOM, ...).
+Failed points stay in the table: a sampler that proposes one pays an evaluation for nothing,
+as in a real study. How the committed table was made is in benchmarks/data/README.md.
+
+Run from the repository root (about 35 minutes for MNIST at 4 levels on a 2-core machine):
+  .venv/bin/python benchmarks/grid_table.py [--study mnist-pareto] [--levels 4]
+      [--requests 100000 --duration 1.5] [--storage sqlite:///results/grid-table.db]
+The last line says how many points were measured and how many are feasible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from optdse.export import trial_parameters  # noqa: E402
+from optdse.spec import PARAMETERS, load_study  # noqa: E402
+
+#: Figures kept per grid point (trial user attrs).
+COLUMNS = ("art_ms", "acu_cores", "p95_ms", "throughput_rps", "error_rate", "window_s", "requests_in_window")
+
+
+def grid_frame(grid: optuna.Study) -> pd.DataFrame:
+    """One row per measured grid point; a point measured again after an interruption keeps
+    only its last measurement."""
+    rows = []
+    for trial in grid.get_trials(deepcopy=False):
+        if trial.user_attrs.get("fail_reason") in ("interrupted", "abandoned") or not trial.state.is_finished():
+            continue
+        row: dict[str, object] = dict(trial_parameters(trial))
+        row["state"] = trial.state.name
+        row.update({name: trial.user_attrs.get(name) for name in COLUMNS})
+        row["fail_reason"] = trial.user_attrs.get("fail_reason", "")
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    return frame.drop_duplicates(subset=list(PARAMETERS), keep="last").sort_values(list(PARAMETERS), ignore_index=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", default="mnist-pareto")
+    parser.add_argument("--levels", type=int, default=4)
+    parser.add_argument("--requests", type=int, default=100_000)
+    parser.add_argument("--duration", type=float, default=1.5, help="seconds of load per grid point")
+    parser.add_argument("--storage", default=f"sqlite:///{ROOT / 'results' / 'grid-table.db'}")
+    parser.add_argument("--output", type=Path, default=None, help="default: benchmarks/data/STUDY-grid-LEVELS.csv")
+    args = parser.parse_args()
+    (ROOT / "results").mkdir(exist_ok=True)
+    command = [str(ROOT / ".venv" / "bin" / "optdse"), "grid", args.study, "--levels", str(args.levels),
+               "--requests", str(args.requests), "--duration", str(args.duration), "--storage", args.storage]
+    print("$ " + " ".join(command), flush=True)
+    if subprocess.run(command, cwd=ROOT, check=False).returncode != 0:
+        sys.exit("optdse grid did not finish; run this again to resume it")
+    study = load_study(args.study)
+    grid = optuna.load_study(study_name=f"{study.name}-grid", storage=args.storage)
+    frame = grid_frame(grid)
+    output = args.output or ROOT / "benchmarks" / "data" / f"{study.name}-grid-{args.levels}.csv"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(output, index=False)
+    feasible = (frame["state"] == "COMPLETE") & (frame["error_rate"] <= study.spec.max_error_rate)
+    print(f"{output.relative_to(ROOT)}: {len(frame)} grid points, {int(feasible.sum())} feasible")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""How noisy is one trial's measurement? The same configuration measured 5 times in a row.
+
+Runs a real `optdse study mnist-pareto --trials 4 --repeats 5` (local backend, a fresh
+SQLite storage in a temporary directory) twice, side by side: once with the study file's
+load (1000 requests per measurement) and once with time-bound measurements (--duration 5).
+Each trial deploys one configuration and measures it 5 times in a row; it records the
+coefficient of variation (stdev / mean) of ART and ACU over those 5, which is what every
+study run with --repeats reports. Prints each trial and the median CV per load setting;
+the last line is the median CV of the study file's setting and of the time-bound one.
+
+Run from the repository root:  .venv/bin/python benchmarks/repeatability.py [--trials 4] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import optuna  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from optdse.models import ensure_model  # noqa: E402
+
+SETTINGS = {"1000 requests (study file)": [], "5 s per measurement": ["--duration", "5", "--requests", "1000000"]}
+
+
+def repeated_trials(study: str, trials: int, repeats: int, load: list[str]) -> list[dict[str, object]]:
+    """Run the study with --repeats and return its completed trials' user attrs."""
+    with tempfile.TemporaryDirectory(prefix="optdse-repeats-") as directory:
+        storage = f"sqlite:///{directory}/repeats.db"
+        command = [str(ROOT / ".venv" / "bin" / "optdse"), "study", study, "--trials", str(trials),
+                   "--repeats", str(repeats), "--storage", storage, *load]
+        run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+        if run.returncode != 0:
+            sys.exit(f"{' '.join(command)} failed ({run.returncode}):\n{run.stdout}{run.stderr}")
+        finished = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+    return [t.user_attrs for t in finished if t.state == TrialState.COMPLETE]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", default="mnist-pareto")
+    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    ensure_model("mnist", Console(stderr=True))
+    medians = {}
+    for label, load in SETTINGS.items():
+        attrs = repeated_trials(args.study, args.trials, args.repeats, load)
+        print(f"{label}:")
+        for a in attrs:
+            print(f"  {a['config']}: ART {a['art_ms']:.2f} ms (CV {a['art_cv']:.1%}), "
+                  f"ACU {a['acu_cores']:.3f} cores (CV {a['acu_cv']:.1%}), window {a['window_s']:.2f} s")
+        medians[label] = (statistics.median(a["art_cv"] for a in attrs), statistics.median(a["acu_cv"] for a in attrs))
+        print(f"  median CV over {len(attrs)} configurations x {args.repeats} repeats: "
+              f"ART {medians[label][0]:.1%}, ACU {medians[label][1]:.1%}")
+    print("repeatability (median CV of ART, ACU): "
+          + "; ".join(f"{label}: {art:.1%}, {acu:.1%}" for label, (art, acu) in medians.items()))
+
+
+if __name__ == "__main__":
+    main()
