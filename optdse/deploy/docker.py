@@ -14,8 +14,10 @@ Images (`image:` in the study file, `--image` on the command line), see ServingI
 - An image labelled `optdse.serve` (serving/Dockerfile, e.g. `optdse/serving`): optdse-serve
   inside the image on the host network, bound to 127.0.0.1.
 - Any other image is run as TensorFlow Serving (`tensorflow/serving`): tensorflow_model_server
-  binds every interface, so the container gets its own network namespace and its gRPC port
-  is published on 127.0.0.1 only.
+  binds every interface, so the container gets its own network namespace and its gRPC and
+  REST ports are published on 127.0.0.1 only.
+Every replica serves REST beside gRPC (as in the local backend: the protocol is the client's
+choice and never redeploys).
 In both image modes the model is mounted read-only at /models/NAME, as tensorflow/serving expects.
 """
 
@@ -34,7 +36,7 @@ from optdse.config import ServerConfig
 from optdse.deploy.base import DeployError, Endpoint, ResourceSample
 from optdse.deploy.cgroups import CFS_PERIOD_US, Cgroup, CgroupDriver
 from optdse.deploy.local import HOST, free_port, make_ready
-from optdse.deploy.runs import Run
+from optdse.deploy.runs import Run, run_owner_alive
 
 HOST_PYTHON_IMAGE = "optdse/host-python:empty"
 LABEL_RUN, LABEL_REPLICA = "optdse.run", "optdse.replica"
@@ -86,17 +88,19 @@ def host_python_mounts(model_base_path: Path) -> dict[str, dict[str, str]]:
 class ServingImage:
     """What a replica container runs, and how: the one place the three image modes differ.
 
-    `serve_args` is the server's command line for a port (a number, or a placeholder the
-    swarm backend replaces with `$((base + SLOT))`); `mounts` maps host paths to read-only
-    binds; `loopback_bind` says whether the server can bind 127.0.0.1 itself, which host
-    networking requires (TF Serving cannot: it always binds every interface).
+    `serve_args` is the server's command line for its gRPC and REST ports (numbers, or
+    placeholders the swarm backend replaces with arithmetic on the task's slot); `mounts`
+    maps host paths to read-only binds; `loopback_bind` says whether the server can bind
+    127.0.0.1 itself, which host networking requires (TF Serving cannot: it always binds
+    every interface).
     """
 
     reference: str
     mode: Literal["host-python", "optdse-serve", "tensorflow-serving"]
     model_base_path: Path
 
-    CONTAINER_PORT = 8500  # where a published-port (tensorflow-serving) container listens
+    CONTAINER_PORT = 8500  # where a published-port (tensorflow-serving) container listens: gRPC,
+    CONTAINER_REST_PORT = 8501  # and REST
 
     @classmethod
     def resolve(cls, client: Any, reference: str, model_base_path: Path) -> ServingImage:
@@ -130,9 +134,9 @@ class ServingImage:
         return {"host-python": f"{sys.prefix}/bin/optdse-serve", "optdse-serve": "optdse-serve",
                 "tensorflow-serving": "tensorflow_model_server"}[self.mode]
 
-    def serve_args(self, port: int | str, model: str) -> list[str]:
+    def serve_args(self, port: int | str, rest_port: int | str, model: str) -> list[str]:
         """tensorflow_model_server's flags, which optdse-serve shares (plus --host)."""
-        args = [f"--port={port}", "--rest_api_port=0", f"--model_name={model}",
+        args = [f"--port={port}", f"--rest_api_port={rest_port}", f"--model_name={model}",
                 f"--model_base_path={self.model_path(model)}"]
         return args + [f"--host={HOST}"] if self.loopback_bind else args
 
@@ -147,13 +151,15 @@ class Container:
 
     def __init__(self, client: Any, name: str, run: Run, server: ServerConfig, image: ServingImage) -> None:
         self.name, self.port, self.memory_mb = name, free_port(), server.memory_mb
+        self.rest_port = next(port for port in iter(free_port, None) if port != self.port)  # not bound yet
         self.cpus: float | None = None
         if image.loopback_bind:  # the server binds 127.0.0.1 on the host's network
             network: dict[str, Any] = {"network_mode": "host"}
-            args = image.serve_args(self.port, server.model)
-        else:  # its own network namespace, its port published on 127.0.0.1 only
-            network = {"ports": {f"{image.CONTAINER_PORT}/tcp": (HOST, self.port)}}
-            args = image.serve_args(image.CONTAINER_PORT, server.model)
+            args = image.serve_args(self.port, self.rest_port, server.model)
+        else:  # its own network namespace, its ports published on 127.0.0.1 only
+            network = {"ports": {f"{image.CONTAINER_PORT}/tcp": (HOST, self.port),
+                                 f"{image.CONTAINER_REST_PORT}/tcp": (HOST, self.rest_port)}}
+            args = image.serve_args(image.CONTAINER_PORT, image.CONTAINER_REST_PORT, server.model)
         memory = f"{server.memory_mb}m"
         self.container = client.containers.run(
             image.reference, args, entrypoint=[image.executable], detach=True, name=f"optdse-{run.run_id}-{name}",
@@ -165,7 +171,7 @@ class Container:
 
     @property
     def endpoint(self) -> Endpoint:
-        return Endpoint(replica=int(self.name.rsplit("-", 1)[1]), host=HOST, port=self.port)
+        return Endpoint(replica=int(self.name.rsplit("-", 1)[1]), host=HOST, port=self.port, rest_port=self.rest_port)
 
     def alive(self, fresh: bool = False) -> bool:
         now = time.monotonic()
@@ -311,14 +317,17 @@ def clean_stale_containers(live_runs: set[str]) -> list[str]:
         client = docker_client()
     except DeployError:
         return []
+    def stale(run_id: str | None) -> bool:
+        return run_id not in live_runs and not (run_id and run_owner_alive(run_id))
+
     removed = []
     if client.info().get("Swarm", {}).get("ControlAvailable"):
         for service in client.services.list(filters={"label": LABEL_RUN}):
-            if service.attrs["Spec"].get("Labels", {}).get(LABEL_RUN) not in live_runs:
+            if stale(service.attrs["Spec"].get("Labels", {}).get(LABEL_RUN)):
                 service.remove()
                 removed.append(service.name)
     for container in client.containers.list(all=True, filters={"label": LABEL_RUN}, ignore_removed=True):
-        if container.labels.get(LABEL_RUN) not in live_runs:
+        if stale(container.labels.get(LABEL_RUN)):
             container.remove(force=True)
             removed.append(container.name)
     return removed

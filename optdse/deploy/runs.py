@@ -81,6 +81,14 @@ def _stop(process: psutil.Process, grace: float = 10.0) -> None:
         pass
 
 
+def run_owner_alive(run_id: str) -> bool:
+    """Whether the optdse process a run id names (`<pid>-<start time in ms>`, see Run.start) runs."""
+    pid, _, started_ms = run_id.partition("-")
+    if not (pid.isdigit() and started_ms.isdigit()):
+        return False
+    return live_process(int(pid), int(started_ms) / 1000) is not None
+
+
 def _owner_alive(directory: Path) -> bool:
     try:
         owner = json.loads((directory / "owner.json").read_text())
@@ -108,7 +116,10 @@ def clean_stale_runs(driver: CgroupDriver | None) -> CleanReport:
         report.runs.append(directory.name)
     if driver is not None:
         for run_id in driver.run_dirs():
-            if run_id in live:
+            # A run's cgroups are under its id, which names its owner: a run recorded in
+            # another state directory (another user's OPTDSE_STATE_DIR) is live all the same.
+            if run_id in live or run_owner_alive(run_id):
+                live.add(run_id)
                 continue
             stopped, groups = remove_run_groups(driver, run_id)
             report.processes += stopped
@@ -128,7 +139,11 @@ def remove_run_groups(driver: CgroupDriver, run_id: str) -> tuple[list[int], lis
     removed: list[str] = []
     for run_dir in driver.run_dirs().get(run_id, set()):
         for group in sorted(p for p in run_dir.iterdir() if p.is_dir()):
-            for pid in (int(p) for p in (group / "cgroup.procs").read_text().split()):
+            try:
+                pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
+            except FileNotFoundError:  # removed meanwhile (its run was closing)
+                continue
+            for pid in pids:
                 try:
                     _stop(psutil.Process(pid))
                     stopped.append(pid)
@@ -140,4 +155,4 @@ def remove_run_groups(driver: CgroupDriver, run_id: str) -> tuple[list[int], lis
     return stopped, removed
 
 
-__all__ = ["CleanReport", "Run", "live_process", "clean_stale_runs", "remove_run_groups", "state_dir"]
+__all__ = ["CleanReport", "Run", "clean_stale_runs", "live_process", "remove_run_groups", "run_owner_alive", "state_dir"]

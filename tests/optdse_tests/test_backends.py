@@ -7,6 +7,8 @@ tasks (`service update`), so "in place" there means the same service, not the sa
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from optdse.deploy.local import LocalBackend, wait_available
 from optdse.deploy.runs import state_dir
 from optdse.deploy.swarm import SwarmBackend
 from tests.optdse_tests.conftest import listens_on_loopback_only, require_docker
+from tests.serving_process import optdse_command
 
 
 def leftovers(backend: Backend, ids: tuple[str, ...]) -> list[str]:
@@ -219,3 +222,25 @@ def test_local_replicas_a_trial_no_longer_needs_are_parked_for_the_next(mnist_ba
     finally:
         backend.close()
     assert leftovers(backend, tuple(every)) == []
+
+
+def test_clean_leaves_a_live_run_alone_even_when_its_state_is_elsewhere(
+        mnist_base_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`optdse clean` with another OPTDSE_STATE_DIR (another user, a test) sees this run's
+    cgroups but not its record: the run id names its owner, which is alive, so nothing of
+    it is stopped."""
+    monkeypatch.setenv("OPTDSE_STATE_DIR", str(tmp_path / "mine"))
+    backend = LocalBackend(mnist_base_path, warn=pytest.fail)
+    try:
+        backend.apply(config())
+        (pid,) = backend.replica_ids()
+        env = {**os.environ, "OPTDSE_STATE_DIR": str(tmp_path / "theirs")}
+        cleaned = subprocess.run([*optdse_command(), "clean"], capture_output=True, text=True, env=env,
+                                 timeout=120, check=False)
+        assert cleaned.returncode == 0, cleaned.stderr
+        assert pid not in cleaned.stdout
+        assert psutil.pid_exists(int(pid)) and backend.replicas[0].alive()
+        if backend.driver is not None:
+            assert all((tree / "optdse" / backend.run.run_id).exists() for tree in backend.driver.trees())
+    finally:
+        backend.close()
