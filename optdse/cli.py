@@ -18,6 +18,7 @@ from typing import Any
 
 from rich.console import Console
 
+from optdse.config import PROTOCOLS
 from optdse.spec import MODELS
 
 console = Console(stderr=True, soft_wrap=True)  # log lines stay whole when piped
@@ -62,7 +63,7 @@ def _backend(name: str, model: str, swarm_init: bool = False, image: str = "host
     from optdse.models import ensure_model
 
     base_path = ensure_model(model, console)
-    warn = lambda text: console.print(f"[yellow]warning:[/] {text}")  # noqa: E731
+    warn = lambda text: console.print(f"[yellow]warning:[/] {text}")
     if name == "swarm":
         from optdse.deploy.swarm import SwarmBackend
 
@@ -172,7 +173,8 @@ def _measure(args: argparse.Namespace) -> int:
     from optdse.objective import MeasureError, measure
 
     config = Config(ServerConfig(args.model, args.replicas, args.cpus, args.memory),
-                    ClientConfig(args.threads, args.file_size, args.requests, args.warmup_fraction, args.duration))
+                    ClientConfig(args.threads, args.file_size, args.requests, args.warmup_fraction, args.duration,
+                                 args.protocol))
     _interrupt_on_signals()
     try:
         backend = _backend(args.backend, args.model, args.swarm_init, args.image)
@@ -187,7 +189,7 @@ def _measure(args: argparse.Namespace) -> int:
         return 130
     finally:
         backend.close()
-    figures = {"config": config.describe(), **result.as_dict()}
+    figures = {"config": config.describe(), "protocol": config.client.protocol, **result.as_dict()}
     if args.json:
         print(json.dumps(figures))
         return 0
@@ -364,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--duration", type=_positive_float, metavar="SECONDS",
                          help="stop sending after this long even if requests remain")
     measure.add_argument("--warmup-fraction", type=float, default=0.1)
+    measure.add_argument("--protocol", choices=PROTOCOLS, default="grpc",
+                         help="how Predict is sent: gRPC (default) or TF Serving's REST API (JSON over HTTP/1.1)")
     measure.add_argument("--backend", choices=["local", "docker", "swarm"], default="local")
     measure.add_argument("--swarm-init", action="store_true", help="swarm: initialise a single-node swarm on 127.0.0.1")
     measure.add_argument("--image", default="host-python",

@@ -7,6 +7,11 @@ load generator only `ClientConfig`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+#: How the load generator talks to the replicas: TF Serving's gRPC Predict or its REST predict.
+ProtocolName = Literal["grpc", "rest"]
+PROTOCOLS: tuple[ProtocolName, ...] = ("grpc", "rest")
 
 
 @dataclass(frozen=True)
@@ -24,13 +29,15 @@ class ServerConfig:
 class ClientConfig:
     """How it is loaded: `threads` closed-loop client threads send `requests` Predict calls in
     total, each carrying `file_size` units of the model's input (MNIST: images), and stop
-    early once `duration_s` has passed if one is set."""
+    early once `duration_s` has passed if one is set. `protocol` is a client parameter like
+    the others: every replica serves both, so changing it never redeploys."""
 
     threads: int
     file_size: int
     requests: int
     warmup_fraction: float = 0.1
     duration_s: float | None = None
+    protocol: ProtocolName = "grpc"
 
 
 @dataclass(frozen=True)
@@ -42,4 +49,5 @@ class Config:
         s, c = self.server, self.client
         return (f"{s.replicas} x {s.model} ({s.cpus:g} CPU, {s.memory_mb} MB), "
                 f"{c.threads} threads, file size {c.file_size}, {c.requests} requests"
-                + (f" or {c.duration_s:g} s" if c.duration_s else ""))
+                + (f" or {c.duration_s:g} s" if c.duration_s else "")
+                + (f", over {c.protocol.upper()}" if c.protocol != "grpc" else ""))

@@ -1,4 +1,10 @@
-"""The load generator: closed-loop client threads sending Predict over gRPC, timed per request.
+"""The load generator: closed-loop client threads sending Predict, timed per request.
+
+Predict goes over gRPC (the seed's client) or TF Serving's REST API (`protocol: rest`: a JSON
+POST to /v1/models/NAME:predict on one persistent HTTP/1.1 connection per thread and replica).
+Each protocol is a small client class (`_GrpcClient`, `_RestClient`) that opens its
+connections before the clock starts and gives every thread a caller; the timing loop is the
+same for both.
 
 Like the seed's client, each of N threads sends one request, waits for the answer, sends the
 next. Python's GIL would make one process the bottleneck it measures, so the threads are
@@ -17,14 +23,20 @@ just sends no more once the time is up.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
+
+from optdse.config import PROTOCOLS, ProtocolName
+from optdse.http1 import KeptAliveConnection, ProtocolError
 
 #: A worker that has used more than this share of one core was likely the bottleneck.
 SATURATED_CORE = 0.9
@@ -46,6 +58,14 @@ class LoadPlan:
     deadline_s: float = 30.0
     processes: int = 0  # 0: one per core, at most one per thread
     duration_s: float | None = None  # stop sending after this long, even if requests remain
+    protocol: ProtocolName = "grpc"  # "grpc": targets are gRPC host:port; "rest": REST host:port
+    path: str = ""          # REST: the predict path, /v1/models/NAME:predict
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}; known: {', '.join(PROTOCOLS)}")
+        if self.protocol == "rest" and not self.path.startswith("/"):
+            raise ValueError(f"a REST plan needs the predict path, e.g. /v1/models/NAME:predict (got {self.path!r})")
 
     def worker_count(self) -> int:
         wanted = self.processes or (os.cpu_count() or 1)
@@ -82,52 +102,172 @@ class LoadResult:
         return max((c / w for c, w in zip(self.client_cpu_seconds, self.client_wall_seconds) if w > 0), default=0.0)
 
 
+class CallFailed(Exception):
+    """One request failed; `code` is what the run records for it."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class _Caller(Protocol):
+    """What a load thread needs of a protocol."""
+
+    def call(self, target: int) -> bytes:
+        """Send the plan's request to target `target` and return the answer's bytes, or raise
+        CallFailed with a code: a gRPC status name (UNAVAILABLE, DEADLINE_EXCEEDED) or HTTP_<status>."""
+        ...
+
+    def rows(self, answer: bytes) -> set[int]:
+        """The first dimension of every output in `answer` (one row per input is expected)."""
+        ...
+
+
+class _Client(Protocol):
+    """One worker's connections for a protocol, opened before the clock starts."""
+
+    def caller(self) -> _Caller:
+        """A caller for one thread (threads may share one, where the protocol allows)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class _GrpcClient:
+    """gRPC: one channel per target, shared by the worker's threads (gRPC multiplexes calls),
+    the request sent as pre-serialized bytes."""
+
+    def __init__(self, plan: LoadPlan) -> None:
+        import grpc
+
+        from optdse.protos import PREDICT_METHOD, predict_pb2
+
+        self._grpc, self._response = grpc, predict_pb2.PredictResponse
+        self._body, self._deadline = plan.body, plan.deadline_s
+        self._channels = [grpc.insecure_channel(t, options=[("grpc.max_receive_message_length", 256 << 20)])
+                          for t in plan.targets]
+        self._calls = [ch.unary_unary(PREDICT_METHOD) for ch in self._channels]  # bytes in, bytes out
+        for channel in self._channels:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=30)
+            except grpc.FutureTimeoutError:
+                pass  # requests will record UNAVAILABLE
+
+    def caller(self) -> _GrpcClient:
+        return self
+
+    def call(self, target: int) -> bytes:
+        try:
+            return self._calls[target](self._body, timeout=self._deadline)
+        except self._grpc.RpcError as error:
+            raise CallFailed(error.code().name if error.code() else "UNKNOWN") from None
+
+    def rows(self, answer: bytes) -> set[int]:
+        outputs = self._response.FromString(answer).outputs
+        return {o.tensor_shape.dim[0].size for o in outputs.values() if o.tensor_shape.dim}
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+
+class _RestClient:
+    """REST: every thread gets its own HTTP/1.1 connection to each target, kept open across
+    requests and reopened after a connection error (optdse/http1.py says why not http.client)."""
+
+    def __init__(self, plan: LoadPlan) -> None:
+        self.plan = plan
+        self._callers: list[_RestCaller] = []
+
+    def caller(self) -> _RestCaller:
+        caller = _RestCaller(self.plan)
+        self._callers.append(caller)
+        return caller
+
+    def close(self) -> None:
+        for caller in self._callers:
+            caller.close()
+
+
+class _RestCaller:
+    """One thread's connections, each with its request's bytes built once."""
+
+    def __init__(self, plan: LoadPlan) -> None:
+        self._connections = []
+        for target in plan.targets:
+            host, _, port = target.rpartition(":")
+            connection = KeptAliveConnection(host, int(port), plan.path, plan.body, "application/json", plan.deadline_s)
+            try:
+                connection.connect()  # before the clock starts; a refused one is retried per request
+            except OSError:
+                connection.close()
+            self._connections.append(connection)
+
+    def call(self, target: int) -> bytes:
+        try:
+            status, answer = self._connections[target].post()
+        except TimeoutError:
+            raise CallFailed("DEADLINE_EXCEEDED") from None
+        except OSError:  # refused, reset, closed early: the next request reconnects
+            raise CallFailed("UNAVAILABLE") from None
+        except ProtocolError:
+            raise CallFailed("BAD_RESPONSE") from None
+        if status != 200:
+            raise CallFailed(f"HTTP_{status}")
+        return answer
+
+    def rows(self, answer: bytes) -> set[int]:
+        try:
+            outputs = json.loads(answer)["outputs"]  # the columnar format: one output, or a dict of them
+        except (ValueError, KeyError, TypeError):
+            return set()
+        columns = outputs.values() if isinstance(outputs, dict) else [outputs]
+        return {len(column) for column in columns if isinstance(column, list)}
+
+    def close(self) -> None:
+        for connection in self._connections:
+            connection.close()
+
+
+#: The client class of each protocol (LoadPlan.protocol).
+CLIENTS: dict[str, Callable[[LoadPlan], _Client]] = {"grpc": _GrpcClient, "rest": _RestClient}
+
+
 def _worker(plan: LoadPlan, thread_ids: list[int], counts: list[int], ready: multiprocessing.Queue,
             go: multiprocessing.Event, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    """Entry point of one worker process: open channels, wait for `go`, run the threads."""
+    """Entry point of one worker process: connect, wait for `go`, run the threads."""
     import signal
-
-    import grpc
 
     # Ctrl-C in a terminal reaches the whole process group; the parent decides (it stops
     # the workers itself), so a worker does not die mid-request with a traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    from optdse.protos import PREDICT_METHOD, predict_pb2
-
-    channels = [grpc.insecure_channel(t, options=[("grpc.max_receive_message_length", 256 << 20)])
-                for t in plan.targets]
-    calls = [ch.unary_unary(PREDICT_METHOD) for ch in channels]  # bytes in, bytes out
+    client = CLIENTS[plan.protocol](plan)  # connects before the clock starts
+    callers = [client.caller() for _ in thread_ids]
     records: list[list[tuple[float, float, bool, str]]] = [[] for _ in thread_ids]
 
     def run(slot: int) -> None:
-        thread, out = thread_ids[slot], records[slot]
+        thread, out, caller = thread_ids[slot], records[slot], callers[slot]
+        targets = len(plan.targets)
         checked = False
         for k in range(counts[slot]):
             if stop_at is not None and time.perf_counter() >= stop_at:
                 break
-            call = calls[(thread + k) % len(calls)]
+            target = (thread + k) % targets
             t0 = time.perf_counter()
             try:
-                answer = call(plan.body, timeout=plan.deadline_s)
+                answer = caller.call(target)
                 t1 = time.perf_counter()
                 code = "OK"
                 if not checked:  # one full check per thread: the reply has one row per input
-                    outputs = predict_pb2.PredictResponse.FromString(answer).outputs
-                    rows = {o.tensor_shape.dim[0].size for o in outputs.values() if o.tensor_shape.dim}
                     checked = True
-                    if rows != {plan.batch}:
+                    if caller.rows(answer) != {plan.batch}:
                         code = "BAD_RESPONSE"
-            except grpc.RpcError as error:
+            except CallFailed as failure:
                 t1 = time.perf_counter()
-                code = error.code().name if error.code() else "UNKNOWN"
+                code = failure.code
             out.append((t0, t1 - t0, code == "OK", code))
 
-    for channel in channels:  # connect before the clock starts
-        try:
-            grpc.channel_ready_future(channel).result(timeout=30)
-        except grpc.FutureTimeoutError:
-            pass  # requests will record UNAVAILABLE
     ready.put(os.getpid())
     go.wait(60)
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -140,8 +280,7 @@ def _worker(plan: LoadPlan, thread_ids: list[int], counts: list[int], ready: mul
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     flat = [(*r, tid) for tid, rs in zip(thread_ids, records) for r in rs]
     results.put((flat, cpu, wall))
-    for channel in channels:
-        channel.close()
+    client.close()
 
 
 def _wait_ready(ready: multiprocessing.Queue, processes: list) -> None:  # type: ignore[type-arg]
@@ -219,4 +358,4 @@ def run_load(plan: LoadPlan, timeout_s: float = 3600.0) -> LoadResult:
     return result
 
 
-__all__ = ["SATURATED_CORE", "LoadError", "LoadPlan", "LoadResult", "run_load"]
+__all__ = ["CLIENTS", "SATURATED_CORE", "CallFailed", "LoadError", "LoadPlan", "LoadResult", "run_load"]

@@ -33,10 +33,12 @@ def measure(backend: Backend, config: Config, client_processes: int = 0, deadlin
     began = time.perf_counter()
     endpoints = backend.apply(config.server)
     deployed = time.perf_counter()
-    payload = build_payload(config.server.model, config.client.file_size)
-    plan = LoadPlan(targets=tuple(e.target for e in endpoints), body=payload.body, batch=payload.batch,
+    protocol = config.client.protocol
+    payload = build_payload(config.server.model, config.client.file_size, protocol)
+    plan = LoadPlan(targets=tuple(e.target_for(protocol) for e in endpoints), body=payload.body, batch=payload.batch,
                     threads=config.client.threads, requests=config.client.requests,
-                    deadline_s=deadline_s, processes=client_processes, duration_s=config.client.duration_s)
+                    deadline_s=deadline_s, processes=client_processes, duration_s=config.client.duration_s,
+                    protocol=protocol, path=payload.path)
     monitor = Monitor(backend)
     monitor.start()
     try:

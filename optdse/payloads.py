@@ -1,7 +1,9 @@
 """Request bodies per model: what one request's "file" is, at a given file size.
 
 Requests are serialized once per trial and sent as bytes, so the load generator spends its
-CPU on the RPC and not on building protobufs. The contents are fixed pseudo-random inputs
+CPU on the RPC and not on building protobufs (or JSON). Over REST the same tensors go as TF
+Serving's columnar predict body, `{"signature_name": ..., "inputs": {alias: value}}`, with
+numbers in their shortest exact float32/int form and bytes as `{"b64": ...}`. The contents are fixed pseudo-random inputs
 (seeded by the file size): the latency of these models depends on the input's shape, not on
 its values. What "file size" counts differs per model (`UNITS`):
 
@@ -14,23 +16,28 @@ its values. What "file size" counts differs per model (`UNITS`):
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from optdse.protos import predict_pb2, types_pb2
+from optdse.config import PROTOCOLS, ProtocolName
+from optdse.protos import predict_pb2, tensor_pb2, types_pb2
 from serving.models import deepspeech, inception, nmt
 
 
 @dataclass(frozen=True)
 class Payload:
-    body: bytes          # a serialized PredictRequest
+    body: bytes          # a serialized PredictRequest (gRPC) or its JSON predict body (REST)
     batch: int           # rows the response must carry
     file_size: int
     unit: str            # what file_size counts
-    bytes_per_request: int
+    bytes_per_request: int  # of `body`: what this protocol puts on the wire per request
+    protocol: ProtocolName = "grpc"
+    path: str = ""       # REST: /v1/models/NAME:predict (gRPC's method is always Predict)
 
 
 UNITS = {
@@ -104,12 +111,48 @@ BUILDERS: dict[str, Callable[[int, str], tuple[predict_pb2.PredictRequest, int]]
 }
 
 
-def build_payload(model: str, file_size: int) -> Payload:
+#: numpy dtypes of the tensor types the builders use; DT_STRING travels as string_val.
+_NUMPY_DTYPES = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_INT32: np.int32}
+
+
+def _json_numbers(array: np.ndarray) -> str:
+    """Nested JSON lists of `array`'s numbers, each in numpy's shortest form that reads back to
+    the same float32 (about half the bytes of `json.dumps(array.tolist())`, which widens to
+    float64 first)."""
+    if array.ndim == 0:
+        return str(array[()])
+    if array.ndim == 1:
+        return "[" + ",".join(map(str, array)) + "]"
+    return "[" + ",".join(_json_numbers(row) for row in array) + "]"
+
+
+def _json_tensor(tensor: tensor_pb2.TensorProto) -> str:
+    """One tensor of the builders' requests as the JSON value REST predict takes for it."""
+    shape = [dim.size for dim in tensor.tensor_shape.dim]
+    if tensor.dtype == types_pb2.DT_STRING:
+        strings = [{"b64": base64.b64encode(value).decode()} for value in tensor.string_val]
+        return json.dumps(np.array(strings, dtype=object).reshape(shape).tolist())
+    array = np.frombuffer(tensor.tensor_content, dtype=_NUMPY_DTYPES[tensor.dtype])
+    return _json_numbers(array.reshape(shape))
+
+
+def rest_body(request: predict_pb2.PredictRequest) -> bytes:
+    """The REST predict body carrying the same signature and tensors as `request`."""
+    inputs = ", ".join(f"{json.dumps(alias)}: {_json_tensor(tensor)}" for alias, tensor in request.inputs.items())
+    return f'{{"signature_name": {json.dumps(request.model_spec.signature_name)}, "inputs": {{{inputs}}}}}'.encode()
+
+
+def build_payload(model: str, file_size: int, protocol: ProtocolName = "grpc") -> Payload:
+    """One request of `model` at `file_size`, serialized for `protocol`."""
     if model not in BUILDERS:
         raise ValueError(f"no payload builder for model {model!r}; known: {', '.join(BUILDERS)}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
     request, batch = BUILDERS[model](file_size, model)
-    body = request.SerializeToString()
-    return Payload(body=body, batch=batch, file_size=file_size, unit=UNITS[model], bytes_per_request=len(body))
+    body = request.SerializeToString() if protocol == "grpc" else rest_body(request)
+    path = f"/v1/models/{model}:predict" if protocol == "rest" else ""
+    return Payload(body=body, batch=batch, file_size=file_size, unit=UNITS[model], bytes_per_request=len(body),
+                   protocol=protocol, path=path)
 
 
-__all__ = ["BUILDERS", "UNITS", "Payload", "build_payload", "synthetic_jpeg"]
+__all__ = ["BUILDERS", "UNITS", "Payload", "build_payload", "rest_body", "synthetic_jpeg"]

@@ -48,7 +48,7 @@ def to_config(values: dict[str, float], study: Study) -> Config:
                           memory_mb=int(values["memory_mb"]))
     client = ClientConfig(threads=int(values["threads"]), file_size=int(values["file_size"]),
                           requests=spec.requests, warmup_fraction=spec.warmup_fraction,
-                          duration_s=spec.duration_s)
+                          duration_s=spec.duration_s, protocol=spec.protocol)
     return Config(server=server, client=client)
 
 

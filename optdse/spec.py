@@ -129,6 +129,8 @@ class StudySpec(_Strict):
                        "and the trial records the coefficient of variation of ART and ACU")
     max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
     backend: Literal["local", "docker", "swarm"] = "local"
+    protocol: Literal["grpc", "rest"] = Field(
+        "grpc", description="how the load generator sends Predict: gRPC, or TF Serving's REST API (JSON)")
     image: str = Field("host-python", description="docker/swarm: host-python, an optdse.serve image "
                                                   "(serving/Dockerfile) or tensorflow/serving")
     sampler: Sampler = Sampler()

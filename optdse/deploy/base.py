@@ -16,15 +16,27 @@ from optdse.config import ServerConfig
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where one replica's gRPC API listens (always loopback here)."""
+    """Where one replica's gRPC API (`port`) and REST API (`rest_port`, None where the
+    backend opens none) listen; always loopback here."""
 
     replica: int
     host: str
     port: int
+    rest_port: int | None = None
 
     @property
     def target(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def target_for(self, protocol: str) -> str:
+        """host:port of the API the load generator speaks; a DeployError if this replica has
+        no REST port, so a REST study fails as a trial with a reason, not in the client."""
+        if protocol == "grpc":
+            return self.target
+        if self.rest_port is None:
+            raise DeployError("rest", f"replica {self.replica} on {self.host} has no REST port; "
+                                      "this backend serves gRPC only")
+        return f"{self.host}:{self.rest_port}"
 
 
 @dataclass(frozen=True)

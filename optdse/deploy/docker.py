@@ -208,7 +208,7 @@ class Container:
     def remove(self) -> None:
         try:
             self.container.remove(force=True)
-        except Exception:  # noqa: BLE001  # already gone
+        except Exception:  # noqa: BLE001, S110  # already gone
             pass
 
 

@@ -110,10 +110,14 @@ class Replica:
                  cgroup: Cgroup | None, run: Run) -> None:
         self.name, self.model, self.cgroup, self.run = name, model, cgroup, run
         self.port = free_port()
+        # REST is always on: the protocol is a client parameter, so a replica (parked ones
+        # too) must serve whichever the next trial speaks; an idle listener costs next to no
+        # CPU. The gRPC port is not bound yet, so free_port() could hand it out again.
+        self.rest_port = next(port for port in iter(free_port, None) if port != self.port)
         self.memory_mb = memory_mb
         self.cpus: float | None = None
         self.log_path = run.directory / f"{name}.log"
-        command = [*serve_command(), f"--port={self.port}", "--rest_api_port=0", f"--host={HOST}",
+        command = [*serve_command(), f"--port={self.port}", f"--rest_api_port={self.rest_port}", f"--host={HOST}",
                    f"--model_name={model}", f"--model_base_path={model_base_path}"]
         if cgroup is not None:
             cgroup.create()
@@ -131,7 +135,7 @@ class Replica:
 
     @property
     def endpoint(self) -> Endpoint:
-        return Endpoint(replica=int(self.name.rsplit("-", 1)[1]), host=HOST, port=self.port)
+        return Endpoint(replica=int(self.name.rsplit("-", 1)[1]), host=HOST, port=self.port, rest_port=self.rest_port)
 
     def alive(self) -> bool:
         return self.process.poll() is None

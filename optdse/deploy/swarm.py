@@ -2,10 +2,11 @@
 
 One service per run: `replicas`, `resources.limits` (cpus, memory) and `restart_policy:
 on-failure`, as in serving/docker-compose.yml. Tasks join the host network; each task's
-optdse-serve listens on 127.0.0.1 at base port + its slot ({{.Task.Slot}}), so every replica
-has its own loopback port and nothing leaves the machine. Limits and the replica count change
-with `service update` (Swarm replaces tasks to apply new limits; optdse waits for the update
-to complete and every slot to answer AVAILABLE).
+optdse-serve listens on 127.0.0.1 at base port + its slot ({{.Task.Slot}}) for gRPC and at
+base port + 50 + its slot for REST, so every replica has its own loopback ports and nothing
+leaves the machine. Limits and the replica count change with `service update` (Swarm
+replaces tasks to apply new limits; optdse waits for the update to complete and every slot to
+answer AVAILABLE).
 
 Swarm is initialised by optdse only when asked (`--swarm-init`), bound to 127.0.0.1, and left
 again when the run ends.
@@ -29,7 +30,8 @@ from optdse.deploy.docker import LABEL_RUN, ServingImage, container_cgroup, dock
 from optdse.deploy.local import HOST, wait_available
 from optdse.deploy.runs import Run
 
-PORT_RANGE = range(20000, 30000, 100)  # a base port per service; slots take base+1 .. base+99
+PORT_RANGE = range(20000, 30000, 100)  # a base port per service; slots take base+1 .. base+49 (gRPC)
+REST_OFFSET = 50                       # and base+51 .. base+99 (REST)
 
 
 def ensure_swarm(client: Any, init: bool) -> bool:
@@ -46,7 +48,7 @@ def ensure_swarm(client: Any, init: bool) -> bool:
 
 def _free_base_port() -> int:
     for base in PORT_RANGE:
-        ports = range(base + 1, base + 9)
+        ports = [*range(base + 1, base + 9), *range(base + REST_OFFSET + 1, base + REST_OFFSET + 9)]
         try:
             for port in ports:
                 with socket.socket() as sock:
@@ -84,8 +86,9 @@ class SwarmBackend:
         """Everything a service create or update needs (the SDK's update replaces the whole spec)."""
         from docker.types import Mount, Resources, RestartPolicy, ServiceMode, UpdateConfig
 
-        serve = shlex.join([self.image.executable, *self.image.serve_args("PORT", server.model)])
-        serve = "exec " + serve.replace("--port=PORT", f"--port=$(({self.base_port} + SLOT))")
+        serve = shlex.join([self.image.executable, *self.image.serve_args("PORT", "REST_PORT", server.model)])
+        serve = "exec " + serve.replace("--port=PORT", f"--port=$(({self.base_port} + SLOT))").replace(
+            "--rest_api_port=REST_PORT", f"--rest_api_port=$(({self.base_port + REST_OFFSET} + SLOT))")
         mounts = [Mount(target=bind["bind"], source=source, type="bind", read_only=True)
                   for source, bind in self.image.mounts(server.model).items()]
         memory = server.memory_mb * 2**20
@@ -102,6 +105,9 @@ class SwarmBackend:
         }
 
     def apply(self, server: ServerConfig) -> list[Endpoint]:
+        if server.replicas >= REST_OFFSET:
+            raise DeployError("swarm", f"at most {REST_OFFSET - 1} replicas fit in a service's block of "
+                                       f"loopback ports (asked for {server.replicas})")
         try:
             if self.service is None:
                 self.base_port = _free_base_port()
@@ -113,7 +119,8 @@ class SwarmBackend:
             raise DeployError("swarm", f"service create/update refused: {error.explanation or error}") from None
         self.current = server
         self._wait_ready(server)
-        return [Endpoint(replica=slot, host=HOST, port=self.base_port + slot) for slot, _, _ in self._tasks]
+        return [Endpoint(replica=slot, host=HOST, port=self.base_port + slot,
+                         rest_port=self.base_port + REST_OFFSET + slot) for slot, _, _ in self._tasks]
 
     def _wait_ready(self, server: ServerConfig) -> None:
         deadline = time.monotonic() + self.ready_timeout
@@ -147,7 +154,7 @@ class SwarmBackend:
             if task["Status"]["State"] in ("failed", "shutdown", "complete") and container_id:
                 try:
                     state = self.client.api.inspect_container(container_id)["State"]
-                except Exception:  # noqa: BLE001  # already removed
+                except Exception:  # noqa: BLE001, S112  # already removed
                     continue
                 if state.get("OOMKilled"):
                     return int(task["Slot"])
