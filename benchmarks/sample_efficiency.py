@@ -13,27 +13,33 @@ a linear scale would let the slowest configurations decide), ACU linearly; the r
 point is 1.1 on both. The grid's own hypervolume is 100%.
 
 Samplers, each over --seeds seeds (replay is cheap: no deployment):
-  default      optdse's study-file sampler (make_sampler: multivariate TPE with the study's
-               start-up trials and its error-rate constraint)
-  tpe-mv-N     the same with N random start-up trials
+  default      what `optdse study` does: the study file's sampler (make_sampler:
+               multivariate TPE, 10 start-up trials, the error-rate constraint) after the
+               one-factor-at-a-time start (optdse.study.start_points: the seed's setting,
+               then each parameter over 4 values with the others held; 18 configurations)
+  tpe-mv-N     multivariate TPE with N random start-up trials, after the study file's
+               enqueued configuration only (tpe-mv-10 was the default before this benchmark)
   tpe          Optuna's TPESampler with its defaults (independent, 10 start-up trials)
   nsga2        Optuna's NSGAIISampler (population 50)
-  gp           Optuna's GPSampler (log-EHVI; needs PyTorch: see README)
+  gp, ofat+gp  Optuna's GPSampler (log-EHVI; needs PyTorch: see README), without and with
+               the one-factor start; its proposals take seconds each on 2 cores, so it
+               gets --gp-seeds runs of --gp-evaluations
   random       Optuna's RandomSampler
-  ofat         the seed report's one-factor-at-a-time plan: from the study's enqueued
-               configuration, each parameter in turn over its grid levels, the others held
+  ofat         the seed report's one-factor-at-a-time plan alone, on the grid's levels
                (16 evaluations for 5 parameters x 4 levels; then it has nothing left to try)
 Printed per sampler: the median evaluations to reach 90/95/99% of the grid's hypervolume
 (">N" when the median run did not within N), how many seeds reached 95%, and the median
 hypervolume after 10/20/40 evaluations. The last line: the default sampler's median
 evaluations to 95% and how many times fewer that is than random search's.
 
-Run from the repository root:  .venv/bin/python benchmarks/sample_efficiency.py [--seeds 10]
+Run from the repository root (PyTorch for GPSampler is the `bench` extra):
+  .venv/bin/pip install -q -e '.[bench]' && .venv/bin/python benchmarks/sample_efficiency.py [--seeds 10]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import statistics
 import sys
@@ -55,7 +61,7 @@ from optuna.trial import TrialState  # noqa: E402
 
 from optdse.space import suggest  # noqa: E402
 from optdse.spec import PARAMETERS, Range, Study, load_study  # noqa: E402
-from optdse.study import constraints, make_sampler  # noqa: E402
+from optdse.study import constraints, make_sampler, start_points  # noqa: E402
 
 THRESHOLDS = (0.90, 0.95, 0.99)
 CHECKPOINTS = (10, 20, 40)
@@ -112,10 +118,12 @@ class GridTable:
         return float(compute_hypervolume(points, np.array([REFERENCE, REFERENCE])))
 
 
-def replay(table: GridTable, sampler: BaseSampler, evaluations: int) -> list[float]:
-    """Run `evaluations` trials of the study against the table; the hypervolume share after each."""
+def replay(table: GridTable, sampler: BaseSampler, evaluations: int,
+           first: list[dict[str, float]] | None = None) -> list[float]:
+    """Run `evaluations` trials of the study against the table; the hypervolume share after each.
+    `first`: configurations enqueued before the sampler proposes (default: the study file's)."""
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
-    for point in table.study.spec.enqueue:
+    for point in table.study.spec.enqueue if first is None else first:
         study.enqueue_trial(dict(point))
     found: list[Outcome] = []
     history = []
@@ -137,7 +145,7 @@ def replay(table: GridTable, sampler: BaseSampler, evaluations: int) -> list[flo
     return history
 
 
-def one_factor_at_a_time(table: GridTable, evaluations: int) -> list[float]:
+def ofat_plan(table: GridTable) -> list[dict[str, float]]:
     """The seed's plan: the enqueued baseline, then each parameter over its levels alone."""
     base = {name: table.snap(name, value) for name, value in table.study.spec.enqueue[0].items()}
     for name in PARAMETERS:  # parameters the baseline leaves open start at their lowest level
@@ -145,6 +153,11 @@ def one_factor_at_a_time(table: GridTable, evaluations: int) -> list[float]:
     plan = [dict(base)]
     for name in PARAMETERS:
         plan += [{**base, name: level} for level in table.levels[name] if level != base[name]]
+    return plan
+
+
+def one_factor_at_a_time(table: GridTable, evaluations: int) -> list[float]:
+    plan = ofat_plan(table)
     found: list[Outcome] = []
     history = []
     for values in plan[:evaluations]:
@@ -169,9 +182,9 @@ def samplers(study: Study) -> dict[str, Callable[[int], BaseSampler]]:
 
         return GPSampler(seed=seed, constraints_func=constraints)
 
-    return {"default": default, "tpe-mv-5": tpe_mv(5), "tpe-mv-20": tpe_mv(20),
+    return {"default": default, "tpe-mv-10": tpe_mv(10), "tpe-mv-5": tpe_mv(5), "tpe-mv-20": tpe_mv(20),
             "tpe": lambda seed: TPESampler(seed=seed, constraints_func=constraints),
-            "nsga2": lambda seed: NSGAIISampler(seed=seed, constraints_func=constraints), "gp": gp,
+            "nsga2": lambda seed: NSGAIISampler(seed=seed, constraints_func=constraints), "gp": gp, "ofat+gp": gp,
             "random": lambda seed: RandomSampler(seed=seed)}
 
 
@@ -196,9 +209,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--evaluations", type=int, default=100, help="per run (random search: 4x as many)")
     parser.add_argument("--only", nargs="*", help="run only these samplers")
+    parser.add_argument("--gp-evaluations", type=int, default=30, help="GPSampler: evaluations per run")
+    parser.add_argument("--gp-seeds", type=int, default=3, help="GPSampler: runs")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if (not args.only or "gp" in args.only) and importlib.util.find_spec("torch") is None:
+        print("benchmarks/sample_efficiency.py: Optuna's GPSampler needs PyTorch; install the CPU build with "
+              "`.venv/bin/pip install -e '.[bench]'` (or leave gp out with --only)", file=sys.stderr)
+        sys.exit(2)
     study = load_study(args.study)
     table = GridTable(pd.read_csv(args.table), study)
     feasible = sum(table.feasible(o) for o in table.outcomes.values())
@@ -210,16 +229,20 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         budget = args.evaluations * (4 if name == "random" else 1)
+        seeds = args.seeds
+        if name.endswith("gp"):  # seconds per proposal here (a GP fit per objective and constraint): fewer runs
+            budget, seeds = min(budget, args.gp_evaluations), min(seeds, args.gp_seeds)
         started = time.perf_counter()
-        results[name] = [replay(table, make(seed), budget) for seed in range(args.seeds)]
+        first = start_points(study) if name in ("default", "ofat+gp") else list(study.spec.enqueue)
+        results[name] = [replay(table, make(seed), budget, first) for seed in range(seeds)]
         budgets[name] = budget
-        print(f"  {name}: {args.seeds} runs of {budget} evaluations in {time.perf_counter() - started:.0f} s",
+        print(f"  {name}: {seeds} runs of {budget} evaluations in {time.perf_counter() - started:.0f} s",
               flush=True)
     if not args.only or "ofat" in args.only:
         results["ofat"] = [one_factor_at_a_time(table, args.evaluations)]
         budgets["ofat"] = args.evaluations
 
-    header = (f"{'sampler':<10} " + " ".join(f"{f'to {int(s * 100)}%':>7}" for s in THRESHOLDS)
+    header = (f"{'sampler':<12} " + " ".join(f"{f'to {int(s * 100)}%':>7}" for s in THRESHOLDS)
               + f" {'95% by':>7} " + " ".join(f"{f'HV@{c}':>7}" for c in CHECKPOINTS))
     print(header)
     medians: dict[str, float] = {}
@@ -231,9 +254,10 @@ def main() -> None:
             if share == 0.95:
                 medians[name] = median
         reached = median_evaluations(histories, 0.95)[1]
-        at = [statistics.median(h[min(c, len(h)) - 1] for h in histories) for c in CHECKPOINTS]
-        print(f"{name:<10} " + " ".join(f"{c:>7}" for c in cells) + f" {f'{reached}/{len(histories)}':>7} "
-              + " ".join(f"{a:>7.1%}" for a in at))
+        at = [f"{statistics.median(h[c - 1] for h in histories):.1%}" if c <= budgets[name] else "-"
+              for c in CHECKPOINTS]  # "-": the runs were shorter (gp)
+        print(f"{name:<12} " + " ".join(f"{c:>7}" for c in cells) + f" {f'{reached}/{len(histories)}':>7} "
+              + " ".join(f"{a:>7}" for a in at))
     if "default" in medians and "random" in medians:
         ratio = medians["random"] / medians["default"]
         print(f"default sampler: 95% of the grid's hypervolume in {shown(medians['default'], budgets['default'])} "

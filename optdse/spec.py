@@ -111,6 +111,10 @@ class Sampler(_Strict):
     name: Literal["tpe", "nsga2", "random"] = "tpe"
     seed: int | None = None
     n_startup_trials: Annotated[int, Field(ge=1)] = 10
+    #: one-factor: before the sampler proposes, the first enqueued configuration and each
+    #: varied parameter over START_LEVELS of its values with the others held (the seed's own
+    #: plan); benchmarks/sample_efficiency.py chose it. none: only the enqueued configurations.
+    start: Literal["one-factor", "none"] = "one-factor"
 
 
 class StudySpec(_Strict):

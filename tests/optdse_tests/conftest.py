@@ -33,7 +33,7 @@ def write_study(project: Path, name: str, space: str = SPACE, **overrides: objec
     (project / "search_spaces").mkdir(exist_ok=True)
     (project / "search_spaces" / f"{name}.yaml").write_text(space)
     body = {"model": "mnist", "search_space": f"{name}.yaml", "trials": 3, "requests": 200,
-            "sampler": "{name: tpe, n_startup_trials: 2, seed: 1}",
+            "sampler": "{name: tpe, n_startup_trials: 2, seed: 1, start: none}",
             "objectives": "[{metric: art_ms, direction: minimize}, {metric: acu_cores, direction: minimize}]",
             "enqueue": "[{replicas: 1, cpus: 1.0, file_size: 1}]", **overrides}
     path = project / "studies" / f"{name}.yaml"

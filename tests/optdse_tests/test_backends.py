@@ -172,8 +172,10 @@ def test_each_image_mode_runs_as_documented(mnist_base_path: Path, serving_image
                 assert inspected["HostConfig"]["NetworkMode"] != "host"
                 assert inspected["Config"]["Entrypoint"] == ["tensorflow_model_server"]
                 assert inspected["HostConfig"]["PortBindings"] == {
-                    "8500/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(endpoint.port)}]}
+                    "8500/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(endpoint.port)}],
+                    "8501/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(endpoint.rest_port)}]}
             assert listens_on_loopback_only(endpoint.port)
+            assert endpoint.rest_port is not None and listens_on_loopback_only(endpoint.rest_port)
             wait_available(endpoint.target, "mnist", timeout=5)
         finally:
             backend.close()

@@ -230,3 +230,20 @@ def test_repeats_measure_each_configuration_several_times_and_report_the_noise(p
         assert trial.values[1] == pytest.approx(statistics.mean(attrs["acu_cores_repeats"]))
         assert attrs["art_cv"] == pytest.approx(statistics.stdev(attrs["art_ms_repeats"]) / trial.values[0])
         assert attrs["requests_sent"] == 3 * 150  # counts add up over the repeats
+
+
+def test_a_new_study_starts_one_factor_at_a_time_from_the_enqueued_configuration(project: Path) -> None:
+    """The default start (sampler.start: one-factor): the enqueued configuration, then each
+    varied parameter over 4 values with the others held, before the sampler proposes."""
+    write_study(project, "ofat", trials=4, sampler="{name: tpe, n_startup_trials: 2, seed: 1}")
+    run = optdse(project, "study", "ofat", "--requests", "100")
+    assert run.returncode == 0, run.stdout + run.stderr
+    trials = load(project, "ofat").trials
+    finished = [t.params for t in trials if t.state == TrialState.COMPLETE]
+    assert finished[0] | {"threads": 1} == {"replicas": 1, "cpus": 1.0, "file_size": 1, "threads": 1}
+    assert finished[1:] == [{"replicas": 1, "cpus": 1.0, "file_size": 1, "threads": t} for t in (2, 3, 4)]
+    waiting = [t.params for t in trials if t.state == TrialState.WAITING]
+    planned = [dict(t.system_attrs["fixed_params"]) for t in trials if t.state == TrialState.WAITING]
+    assert waiting == [{}] * len(planned)  # the rest of the plan waits for the next run
+    assert {"replicas": 2, "cpus": 1.0, "file_size": 1, "threads": 1} in planned
+    assert {"replicas": 1, "cpus": 0.2, "file_size": 1, "threads": 1} in planned
