@@ -31,9 +31,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from multiprocessing.sharedctypes import Synchronized
 
 from optdse.config import PROTOCOLS, ProtocolName
 from optdse.http1 import KeptAliveConnection, ProtocolError
@@ -234,8 +237,14 @@ CLIENTS: dict[str, Callable[[LoadPlan], _Client]] = {"grpc": _GrpcClient, "rest"
 
 
 def _worker(plan: LoadPlan, thread_ids: list[int], counts: list[int], ready: multiprocessing.Queue,
-            go: multiprocessing.Event, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    """Entry point of one worker process: connect, wait for `go`, run the threads."""
+            go: multiprocessing.Event, results: multiprocessing.Queue,  # type: ignore[type-arg]
+            start: Synchronized[float]) -> None:
+    """Entry point of one worker process: connect, wait for `go`, run the threads.
+
+    The duration counts from `start`, the parent's clock reading when it said go
+    (perf_counter is CLOCK_MONOTONIC, shared by all processes), not from when this worker
+    woke up: on a loaded machine a worker can wake tens of milliseconds late, and would
+    then send past the end of the run."""
     import signal
 
     # Ctrl-C in a terminal reaches the whole process group; the parent decides (it stops
@@ -271,7 +280,7 @@ def _worker(plan: LoadPlan, thread_ids: list[int], counts: list[int], ready: mul
     ready.put(os.getpid())
     go.wait(60)
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    stop_at = None if plan.duration_s is None else wall0 + plan.duration_s
+    stop_at = None if plan.duration_s is None else start.value + plan.duration_s
     threads = [threading.Thread(target=run, args=(slot,), daemon=True) for slot in range(len(thread_ids))]
     for t in threads:
         t.start()
@@ -307,19 +316,20 @@ def run_load(plan: LoadPlan, timeout_s: float = 3600.0) -> LoadResult:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["optdse.load"])
     ready, results, go = context.Queue(), context.Queue(), context.Event()
+    start = context.Value("d", 0.0)
     counts = plan.thread_requests()
     workers = plan.worker_count()
     processes = []
     collected: list[tuple[list[tuple[float, float, bool, str, int]], float, float]] = []
     for w in range(workers):
         ids = list(range(w, plan.threads, workers))
-        p = context.Process(target=_worker, args=(plan, ids, [counts[i] for i in ids], ready, go, results),
+        p = context.Process(target=_worker, args=(plan, ids, [counts[i] for i in ids], ready, go, results, start),
                             name=f"optdse-load-{w}", daemon=True)
         p.start()
         processes.append(p)
     try:
         _wait_ready(ready, processes)
-        started = time.perf_counter()
+        started = start.value = time.perf_counter()
         go.set()
         deadline = time.monotonic() + timeout_s
         while len(collected) < workers:

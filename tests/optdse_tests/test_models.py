@@ -71,7 +71,7 @@ def test_the_nmt_study_runs(backend: str, tmp_path: Path, exported_model: Callab
     done = optdse(tmp_path, "study", "nmt-pareto", "--trials", "2", "--duration", "3", "--backend", backend)
     assert done.returncode == 0, done.stderr
     stored = optuna.load_study(study_name="nmt-pareto", storage="sqlite:///" + str(tmp_path / "results" / "optdse.db"))
-    trials = stored.get_trials()
-    assert len(trials) == 2 and all(t.user_attrs["backend"] == backend for t in trials)
+    trials = stored.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL))
+    assert len(trials) == 2 and all(t.user_attrs["backend"] == backend for t in trials)  # the rest of the plan waits
     assert all(t.user_attrs["file_size_unit"] == "tokens in the source sentence" for t in trials
                if t.state == optuna.trial.TrialState.COMPLETE)
