@@ -20,6 +20,7 @@ import shlex
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -108,21 +109,28 @@ class SwarmBackend:
         if server.replicas >= REST_OFFSET:
             raise DeployError("swarm", f"at most {REST_OFFSET - 1} replicas fit in a service's block of "
                                        f"loopback ports (asked for {server.replicas})")
+        replaced: set[str] = set()
         try:
             if self.service is None:
                 self.base_port = _free_base_port()
                 self.service = self.client.services.create(**self._spec(server))
             elif server != self.current:
                 self.service.reload()
+                if self.current is None or replace(self.current, replicas=server.replicas) != server:
+                    # New limits replace every task; until Swarm starts doing so, the service
+                    # still shows the last update "completed" and the old tasks answering.
+                    replaced = {t["ID"] for t in self.service.tasks()}
                 self.service.update(**self._spec(server))
         except docker_errors().APIError as error:
             raise DeployError("swarm", f"service create/update refused: {error.explanation or error}") from None
         self.current = server
-        self._wait_ready(server)
+        self._wait_ready(server, replaced)
         return [Endpoint(replica=slot, host=HOST, port=self.base_port + slot,
                          rest_port=self.base_port + REST_OFFSET + slot) for slot, _, _ in self._tasks]
 
-    def _wait_ready(self, server: ServerConfig) -> None:
+    def _wait_ready(self, server: ServerConfig, replaced: set[str] | None = None) -> None:
+        """Until the update completed, every slot runs a task that is not one of `replaced`
+        and answers AVAILABLE."""
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             self.service.reload()
@@ -130,7 +138,8 @@ class SwarmBackend:
             tasks = self.service.tasks(filters={"desired-state": "running"})
             self._raise_if_oom(server)
             running = [t for t in tasks if t["Status"]["State"] == "running"]
-            if update in ("completed", "") and len(running) == server.replicas == len(tasks):
+            fresh = not any(t["ID"] in (replaced or ()) for t in tasks)
+            if fresh and update in ("completed", "") and len(running) == server.replicas == len(tasks):
                 self._tasks = sorted((t["Slot"], t["Status"]["ContainerStatus"]["ContainerID"],
                                       container_cgroup(t["Status"]["ContainerStatus"]["ContainerID"]))
                                      for t in running)
