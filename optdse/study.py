@@ -224,5 +224,5 @@ def default_storage() -> str:
     return "sqlite:///results/optdse.db"
 
 
-__all__ = ["START_LEVELS", "constraints", "default_storage", "enqueue_seed_points", "start_points", "fail_abandoned", "make_sampler",
-           "open_study", "repeatability", "run_study", "run_trial"]
+__all__ = ["START_LEVELS", "constraints", "default_storage", "enqueue_seed_points", "fail_abandoned",
+           "make_sampler", "open_study", "repeatability", "run_study", "run_trial", "start_points"]
