@@ -25,8 +25,8 @@ Samplers, each over --seeds seeds (replay is cheap: no deployment):
                the one-factor start; its proposals take seconds each on 2 cores, so it
                gets --gp-seeds runs of --gp-evaluations
   random       Optuna's RandomSampler
-  ofat         the seed report's one-factor-at-a-time plan alone, on the grid's levels
-               (16 evaluations for 5 parameters x 4 levels; then it has nothing left to try)
+  ofat         the default's one-factor-at-a-time start alone (18 configurations, snapped
+               to the grid like every proposal; then it has nothing left to try)
 Printed per sampler: the median evaluations to reach 90/95/99% of the grid's hypervolume
 (">N" when the median run did not within N), how many seeds reached 95%, and the median
 hypervolume after 10/20/40 evaluations. The last line: the default sampler's median
@@ -145,23 +145,14 @@ def replay(table: GridTable, sampler: BaseSampler, evaluations: int,
     return history
 
 
-def ofat_plan(table: GridTable) -> list[dict[str, float]]:
-    """The seed's plan: the enqueued baseline, then each parameter over its levels alone."""
-    base = {name: table.snap(name, value) for name, value in table.study.spec.enqueue[0].items()}
-    for name in PARAMETERS:  # parameters the baseline leaves open start at their lowest level
-        base.setdefault(name, table.levels[name][0])
-    plan = [dict(base)]
-    for name in PARAMETERS:
-        plan += [{**base, name: level} for level in table.levels[name] if level != base[name]]
-    return plan
-
-
 def one_factor_at_a_time(table: GridTable, evaluations: int) -> list[float]:
-    plan = ofat_plan(table)
+    """The seed's plan alone: the default start's configurations (optdse.study.start_points),
+    what a point leaves open at its lowest level, and nothing after them."""
+    lowest = {name: table.levels[name][0] for name in PARAMETERS}
     found: list[Outcome] = []
     history = []
-    for values in plan[:evaluations]:
-        outcome = table.lookup(values)
+    for point in start_points(table.study)[:evaluations]:
+        outcome = table.lookup({**lowest, **point})
         if table.feasible(outcome):
             found.append(outcome)
         history.append(table.hypervolume_of(found) / table.hypervolume)
