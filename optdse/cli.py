@@ -18,7 +18,7 @@ from typing import Any
 
 from rich.console import Console
 
-from optdse.config import PROTOCOLS
+from optdse.config import NETWORK_METHODS, PROTOCOLS
 from optdse.spec import MODELS
 
 console = Console(stderr=True, soft_wrap=True)  # log lines stay whole when piped
@@ -168,13 +168,15 @@ def _run_trials(command: str, args: argparse.Namespace, prepare: Callable[[Any, 
 
 
 def _measure(args: argparse.Namespace) -> int:
-    from optdse.config import ClientConfig, Config, ServerConfig
+    from optdse.config import ClientConfig, Config, NetworkConfig, ServerConfig
     from optdse.deploy.base import DeployError
     from optdse.objective import MeasureError, measure
 
+    network = NetworkConfig(args.delay_ms, args.jitter_ms, args.loss_pct, args.network_method)
     config = Config(ServerConfig(args.model, args.replicas, args.cpus, args.memory),
                     ClientConfig(args.threads, args.file_size, args.requests, args.warmup_fraction, args.duration,
-                                 args.protocol))
+                                 args.protocol, network=network, deadline_s=args.deadline_ms / 1e3,
+                                 retries=args.retries, chaos_kill_after_s=args.kill_replica_after))
     _interrupt_on_signals()
     try:
         backend = _backend(args.backend, args.model, args.swarm_init, args.image)
@@ -182,7 +184,7 @@ def _measure(args: argparse.Namespace) -> int:
         return _fail("measure", error.message, code=1)
     try:
         with console.status(f"measuring {config.describe()} ..."):
-            result = measure(backend, config)
+            result = measure(backend, config, warn=lambda text: console.print(f"[yellow]warning:[/] {text}"))
     except (DeployError, MeasureError) as error:
         return _fail("measure", f"{error.reason}: {error.message}", code=1)
     except KeyboardInterrupt:
@@ -289,15 +291,18 @@ def _clean(args: argparse.Namespace) -> int:
     from optdse.deploy.cgroups import CgroupDriver
     from optdse.deploy.docker import clean_stale_containers
     from optdse.deploy.runs import clean_stale_runs
+    from optdse.network import clean_stale_namespaces
 
     driver, _ = CgroupDriver.detect()
-    report = clean_stale_runs(driver)
+    report = clean_stale_runs(driver)  # first: a relay keeps its namespace alive
     containers = clean_stale_containers(report.live)
-    if not report.runs and not containers:
+    namespaces = clean_stale_namespaces(report.live)
+    if not report.runs and not containers and not namespaces:
         print("nothing to clean: no leftovers of stopped optdse runs")
         return 0
     print(f"cleaned {len(report.runs)} stopped run(s): stopped processes {report.processes or 'none'}, "
-          f"removed {len(report.cgroups)} cgroup directories and services/containers {containers or 'none'}")
+          f"removed {len(report.cgroups)} cgroup directories, services/containers {containers or 'none'} "
+          f"and network namespaces {namespaces or 'none'}")
     return 0
 
 
@@ -311,7 +316,28 @@ def _positive_int(text: str) -> int:
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0 (got {text})")
+        raise argparse.ArgumentTypeError(f"must be a number > 0 (got {text})")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0 (got {text})")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (got {value})")
+    return value
+
+
+def _percent(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be a percentage from 0 to 100 (got {text})")
     return value
 
 
@@ -368,6 +394,19 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--warmup-fraction", type=float, default=0.1)
     measure.add_argument("--protocol", choices=PROTOCOLS, default="grpc",
                          help="how Predict is sent: gRPC (default) or TF Serving's REST API (JSON over HTTP/1.1)")
+    measure.add_argument("--delay-ms", type=_non_negative, default=0.0,
+                         help="delay added to every round trip between client and replicas (ms)")
+    measure.add_argument("--jitter-ms", type=_non_negative, default=0.0, help="random variation of that delay (+- ms)")
+    measure.add_argument("--loss-pct", type=_percent, default=0.0, help="packets lost in each direction (%%)")
+    measure.add_argument("--network-method", choices=NETWORK_METHODS, default="auto",
+                         help="how the link is impaired: netem in namespaces where the kernel has it, else a "
+                              "userspace relay on 127.0.0.1 (proxy); the JSON says which was used")
+    measure.add_argument("--deadline-ms", type=_positive_float, default=30_000.0,
+                         help="per-request deadline; later answers count as errors (default 30000)")
+    measure.add_argument("--retries", type=_non_negative_int, default=0,
+                         help="times a refused request is sent again to another replica (default 0)")
+    measure.add_argument("--kill-replica-after", type=_positive_float, metavar="SECONDS",
+                         help="chaos: kill one replica this long into the load")
     measure.add_argument("--backend", choices=["local", "docker", "swarm"], default="local")
     measure.add_argument("--swarm-init", action="store_true", help="swarm: initialise a single-node swarm on 127.0.0.1")
     measure.add_argument("--image", default="host-python",

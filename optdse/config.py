@@ -12,6 +12,28 @@ from typing import Literal
 #: How the load generator talks to the replicas: TF Serving's gRPC Predict or its REST predict.
 ProtocolName = Literal["grpc", "rest"]
 PROTOCOLS: tuple[ProtocolName, ...] = ("grpc", "rest")
+#: How optdse/network.py impairs the link: netem where the kernel has it, else its relay.
+NetworkMethod = Literal["auto", "netem", "proxy"]
+NETWORK_METHODS: tuple[NetworkMethod, ...] = ("auto", "netem", "proxy")
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Impairment of the client-replica link: `delay_ms` and `jitter_ms` added per round trip,
+    `loss_pct` of packets lost in each direction; `method` auto (netem where the kernel has it,
+    else proxy), netem or proxy."""
+
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss_pct: float = 0.0
+    method: NetworkMethod = "auto"
+
+    @property
+    def impaired(self) -> bool:
+        return bool(self.delay_ms or self.jitter_ms or self.loss_pct)
+
+    def describe(self) -> str:
+        return f"delay {self.delay_ms:g} ms, jitter {self.jitter_ms:g} ms, loss {self.loss_pct:g}%"
 
 
 @dataclass(frozen=True)
@@ -38,6 +60,10 @@ class ClientConfig:
     warmup_fraction: float = 0.1
     duration_s: float | None = None
     protocol: ProtocolName = "grpc"
+    network: NetworkConfig = NetworkConfig()
+    deadline_s: float = 30.0            # per request; later answers are errors
+    retries: int = 0                    # a refused request is sent again to another replica
+    chaos_kill_after_s: float | None = None  # kill one replica this long into the load
 
 
 @dataclass(frozen=True)
@@ -50,4 +76,6 @@ class Config:
         return (f"{s.replicas} x {s.model} ({s.cpus:g} CPU, {s.memory_mb} MB), "
                 f"{c.threads} threads, file size {c.file_size}, {c.requests} requests"
                 + (f" or {c.duration_s:g} s" if c.duration_s else "")
-                + (f", over {c.protocol.upper()}" if c.protocol != "grpc" else ""))
+                + (f", over {c.protocol.upper()}" if c.protocol != "grpc" else "")
+                + (f", {c.network.describe()}" if c.network.impaired else "")
+                + (f", one replica killed after {c.chaos_kill_after_s:g} s" if c.chaos_kill_after_s else ""))

@@ -30,8 +30,10 @@ RETRIED = ("interrupted", "abandoned")
 
 #: Visiting order: the slowest change to deploy outermost. A new replica count starts or stops
 #: processes; memory is raised in place (lowering it below use restarts a replica, so it
-#: rises within each replica count); CPU quotas and client parameters change for free.
-DEPLOYMENT_ORDER = ("model", "replicas", "memory_mb", "cpus", "file_size", "threads")
+#: rises within each replica count); CPU quotas, the network's impairment (a new relay or
+#: qdisc per trial anyway) and client parameters change for free.
+DEPLOYMENT_ORDER = ("model", "replicas", "memory_mb", "cpus", "delay_ms", "jitter_ms", "loss_pct", "file_size",
+                    "threads")
 
 
 class AskTellGridSampler(GridSampler):
@@ -66,7 +68,7 @@ def levels_of(name: str, dist: Range, levels: int) -> list[float]:
 
 
 def grid_space(study: Study, levels: int) -> dict[str, list[float]]:
-    return {name: levels_of(name, dist, levels) for name, dist in study.space.parameters.items()
+    return {name: levels_of(name, dist, levels) for name, dist in study.space.dimensions.items()
             if isinstance(dist, Range)}
 
 

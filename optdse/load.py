@@ -19,6 +19,14 @@ A run ends when its requests are sent or, if the plan has a duration, when that 
 passed since the start, whichever comes first: slow models (Inception at a fraction of a core)
 would otherwise make one trial take hours. A thread never abandons a request it has sent; it
 just sends no more once the time is up.
+
+Every request has a deadline (`deadline_s`, 30 s by default); one not answered by then is an
+error (DEADLINE_EXCEEDED), like any failure. With `retries` > 0 the client behaves as a real
+one with a retry policy would when a replica dies: a request refused as UNAVAILABLE is sent
+again to the next replica (within what is left of its deadline, at most `retries` times), and
+the refusing replica is skipped for FAILOVER_HOLD_S. With `retries` 0 (the seed's client)
+every failure is an error. With `netns` set, the workers enter that network namespace before
+they open a connection (optdse/network.py's netem method).
 """
 
 from __future__ import annotations
@@ -43,6 +51,11 @@ from optdse.http1 import KeptAliveConnection, ProtocolError
 
 #: A worker that has used more than this share of one core was likely the bottleneck.
 SATURATED_CORE = 0.9
+#: Failures a retrying client sends again elsewhere: the replica refused or dropped the call.
+RETRYABLE = frozenset({"UNAVAILABLE"})
+#: How long a retrying client leaves a replica that refused a call alone (gRPC's first
+#: reconnect backoff is 1 s too).
+FAILOVER_HOLD_S = 1.0
 
 
 class LoadError(RuntimeError):
@@ -63,8 +76,12 @@ class LoadPlan:
     duration_s: float | None = None  # stop sending after this long, even if requests remain
     protocol: ProtocolName = "grpc"  # "grpc": targets are gRPC host:port; "rest": REST host:port
     path: str = ""          # REST: the predict path, /v1/models/NAME:predict
+    retries: int = 0        # times a refused request is sent again to another replica
+    netns: str | None = None  # a network namespace (/run/netns/NAME) the workers enter first
 
     def __post_init__(self) -> None:
+        if self.retries < 0 or self.deadline_s <= 0:
+            raise ValueError(f"retries must be >= 0 and the deadline > 0 (got {self.retries}, {self.deadline_s:g} s)")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {self.protocol!r}; known: {', '.join(PROTOCOLS)}")
         if self.protocol == "rest" and not self.path.startswith("/"):
@@ -94,6 +111,7 @@ class LoadResult:
     client_cpu_seconds: tuple[float, ...]  # per worker process
     client_wall_seconds: tuple[float, ...]
     warnings: tuple[str, ...] = field(default=())
+    retried: int = 0        # requests sent again to another replica (each retry counted)
 
     @property
     def client_cpu_cores(self) -> float:
@@ -116,9 +134,10 @@ class CallFailed(Exception):
 class _Caller(Protocol):
     """What a load thread needs of a protocol."""
 
-    def call(self, target: int) -> bytes:
+    def call(self, target: int, timeout: float) -> bytes:
         """Send the plan's request to target `target` and return the answer's bytes, or raise
-        CallFailed with a code: a gRPC status name (UNAVAILABLE, DEADLINE_EXCEEDED) or HTTP_<status>."""
+        CallFailed with a code: a gRPC status name (UNAVAILABLE, DEADLINE_EXCEEDED) or HTTP_<status>.
+        gRPC gives up after `timeout` s; REST after the plan's deadline (a socket option)."""
         ...
 
     def rows(self, answer: bytes) -> set[int]:
@@ -159,9 +178,9 @@ class _GrpcClient:
     def caller(self) -> _GrpcClient:
         return self
 
-    def call(self, target: int) -> bytes:
+    def call(self, target: int, timeout: float) -> bytes:
         try:
-            return self._calls[target](self._body, timeout=self._deadline)
+            return self._calls[target](self._body, timeout=timeout)
         except self._grpc.RpcError as error:
             raise CallFailed(error.code().name if error.code() else "UNKNOWN") from None
 
@@ -206,7 +225,7 @@ class _RestCaller:
                 connection.close()
             self._connections.append(connection)
 
-    def call(self, target: int) -> bytes:
+    def call(self, target: int, timeout: float) -> bytes:
         try:
             status, answer = self._connections[target].post()
         except TimeoutError:
@@ -251,31 +270,56 @@ def _worker(plan: LoadPlan, thread_ids: list[int], counts: list[int], ready: mul
     # the workers itself), so a worker does not die mid-request with a traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
+    if plan.netns:  # before any thread or socket exists: all of them then live in it
+        from optdse.relay import enter_netns
+
+        enter_netns(plan.netns)
     client = CLIENTS[plan.protocol](plan)  # connects before the clock starts
     callers = [client.caller() for _ in thread_ids]
-    records: list[list[tuple[float, float, bool, str]]] = [[] for _ in thread_ids]
+    records: list[list[tuple[float, float, bool, str, int]]] = [[] for _ in thread_ids]
+    targets = len(plan.targets)
+    held_until = [0.0] * targets  # a retrying client leaves a refusing replica alone until then
+
+    def pick(target: int, now: float) -> int:
+        """`target`, or with retries on, the next replica not held off (if any)."""
+        if plan.retries:
+            for step in range(targets):
+                candidate = (target + step) % targets
+                if held_until[candidate] <= now:
+                    return candidate
+        return target
+
+    def send(caller: _Caller, target: int) -> tuple[bytes | None, str, int]:
+        """One request, retried elsewhere as the plan allows: (answer, code, retries used)."""
+        t0 = time.perf_counter()
+        for attempt in range(plan.retries + 1):
+            left = plan.deadline_s - (time.perf_counter() - t0)
+            if left <= 0:
+                return None, "DEADLINE_EXCEEDED", attempt
+            try:
+                return caller.call(target, left), "OK", attempt
+            except CallFailed as failure:
+                if failure.code not in RETRYABLE or attempt == plan.retries:
+                    return None, failure.code, attempt
+                now = time.perf_counter()
+                held_until[target] = now + FAILOVER_HOLD_S
+                target = pick((target + 1) % targets, now)
+        raise AssertionError("unreachable")
 
     def run(slot: int) -> None:
         thread, out, caller = thread_ids[slot], records[slot], callers[slot]
-        targets = len(plan.targets)
         checked = False
         for k in range(counts[slot]):
             if stop_at is not None and time.perf_counter() >= stop_at:
                 break
-            target = (thread + k) % targets
             t0 = time.perf_counter()
-            try:
-                answer = caller.call(target)
-                t1 = time.perf_counter()
-                code = "OK"
-                if not checked:  # one full check per thread: the reply has one row per input
-                    checked = True
-                    if caller.rows(answer) != {plan.batch}:
-                        code = "BAD_RESPONSE"
-            except CallFailed as failure:
-                t1 = time.perf_counter()
-                code = failure.code
-            out.append((t0, t1 - t0, code == "OK", code))
+            answer, code, retried = send(caller, pick((thread + k) % targets, t0))
+            t1 = time.perf_counter()
+            if answer is not None and not checked:  # one full check per thread: one row per input
+                checked = True
+                if caller.rows(answer) != {plan.batch}:
+                    code = "BAD_RESPONSE"
+            out.append((t0, t1 - t0, code == "OK", code, retried))
 
     ready.put(os.getpid())
     go.wait(60)
@@ -307,8 +351,9 @@ def _wait_ready(ready: multiprocessing.Queue, processes: list) -> None:  # type:
                 raise LoadError("load workers did not start within 60 s") from None
 
 
-def run_load(plan: LoadPlan, timeout_s: float = 3600.0) -> LoadResult:
-    """Run the plan to completion (bounded by `timeout_s`) and return every request's record."""
+def run_load(plan: LoadPlan, timeout_s: float = 3600.0, on_start: Callable[[], None] | None = None) -> LoadResult:
+    """Run the plan to completion (bounded by `timeout_s`) and return every request's record.
+    `on_start` is called as the clock starts (the chaos option arms its timer there)."""
     # gRPC does not survive a fork of a process that has used it, and the study's process has
     # (readiness checks). A fork server is a clean process started once per study, with this
     # module (and numpy) already imported: forking workers from it takes ~0.3 s less per
@@ -320,7 +365,7 @@ def run_load(plan: LoadPlan, timeout_s: float = 3600.0) -> LoadResult:
     counts = plan.thread_requests()
     workers = plan.worker_count()
     processes = []
-    collected: list[tuple[list[tuple[float, float, bool, str, int]], float, float]] = []
+    collected: list[tuple[list[tuple[float, float, bool, str, int, int]], float, float]] = []
     for w in range(workers):
         ids = list(range(w, plan.threads, workers))
         p = context.Process(target=_worker, args=(plan, ids, [counts[i] for i in ids], ready, go, results, start),
@@ -331,6 +376,8 @@ def run_load(plan: LoadPlan, timeout_s: float = 3600.0) -> LoadResult:
         _wait_ready(ready, processes)
         started = start.value = time.perf_counter()
         go.set()
+        if on_start is not None:
+            on_start()
         deadline = time.monotonic() + timeout_s
         while len(collected) < workers:
             try:
@@ -358,9 +405,9 @@ def run_load(plan: LoadPlan, timeout_s: float = 3600.0) -> LoadResult:
             errors[code] = errors.get(code, 0) + 1
     result = LoadResult(
         send=send, latency=np.array([r[1] for r in rows]), ok=np.array([r[2] for r in rows], dtype=bool),
-        thread=np.array([r[4] for r in rows], dtype=np.int64), error_codes=errors, started=started,
+        thread=np.array([r[5] for r in rows], dtype=np.int64), error_codes=errors, started=started,
         finished=finished, client_cpu_seconds=tuple(c for _, c, _ in collected),
-        client_wall_seconds=tuple(w for _, _, w in collected))
+        client_wall_seconds=tuple(w for _, _, w in collected), retried=sum(r[4] for r in rows))
     if result.busiest_worker_cores > SATURATED_CORE:
         warning = (f"the load generator saturated a core ({result.busiest_worker_cores:.2f} cores in one "
                    f"worker process): response times may include client queueing")

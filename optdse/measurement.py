@@ -103,6 +103,10 @@ class Measurement:
     acu_cv: float | None = None
     art_ms_repeats: list[float] = field(default_factory=list)
     acu_cores_repeats: list[float] = field(default_factory=list)
+    network_method: str = "none"  # how the link was impaired: none, netem or proxy (optdse/network.py)
+    deadline_ms: float = 30_000.0  # per request; later answers count as errors
+    retried_requests: int = 0     # requests sent again to another replica after a refusal
+    replicas_killed: list[str] = field(default_factory=list)  # by the chaos option, during the load
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -146,7 +150,7 @@ def summarize(load: LoadResult, samples: Samples, window: Window, memory_peaks: 
         client_busiest_worker_cores=load.busiest_worker_cores, client_processes=len(load.client_cpu_seconds),
         accounting=accounting, limits_enforced=limits_enforced, warnings=warnings,
         window_start_s=round(window.start - load.started, 4), window_end_s=round(window.end - load.started, 4),
-        timeseries=timeseries(load, samples, window))
+        timeseries=timeseries(load, samples, window), retried_requests=load.retried)
 
 
 def coefficient_of_variation(values: list[float]) -> float:
@@ -178,6 +182,7 @@ def combine_repeats(results: list[Measurement]) -> Measurement:
     combined["error_rate"] = combined["errors"] / max(1, combined["requests_sent"])  # type: ignore[operator]
     combined.update(repeats=len(results), art_cv=coefficient_of_variation(art), acu_cv=coefficient_of_variation(acu),
                     art_ms_repeats=art, acu_cores_repeats=acu, stable=all(r.stable for r in results),
+                    replicas_killed=[name for r in results for name in r.replicas_killed],
                     error_codes={code: sum(r.error_codes.get(code, 0) for r in results)
                                  for r in results for code in r.error_codes})
     return replace(first, **combined)

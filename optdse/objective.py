@@ -5,14 +5,18 @@
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from optdse.config import Config
-from optdse.deploy.base import Backend
+from optdse.deploy.base import Backend, DeployError
 from optdse.load import LoadError, LoadPlan, run_load
 from optdse.measurement import Measurement, cut_window, summarize
 from optdse.monitor import Monitor
+from optdse.network import open_link
 from optdse.payloads import build_payload
 
 
@@ -25,37 +29,64 @@ class MeasureError(RuntimeError):
         self.message = message
 
 
-def measure(backend: Backend, config: Config, client_processes: int = 0, deadline_s: float = 30.0) -> Measurement:
-    """Deploy `config.server`, load it with `config.client`, and summarize the window.
+def _warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)
+
+
+def measure(backend: Backend, config: Config, client_processes: int = 0,
+            warn: Callable[[str], None] = _warn) -> Measurement:
+    """Deploy `config.server`, load it with `config.client` over the link its network block
+    asks for, and summarize the window.
+
+    With `chaos_kill_after_s`, one replica is killed that long into the load; the trial still
+    reports what clients saw (errors, retries), and records the replica in `replicas_killed`.
+    The backend drops it, and the next trial's `apply` starts a replacement. Any other replica
+    that died (OOM under load) fails the trial with its reason.
 
     Also records where the trial's time went (`deploy_s`, `load_setup_s`, `load_s`), which
     the trial-overhead benchmark adds up."""
     began = time.perf_counter()
     endpoints = backend.apply(config.server)
     deployed = time.perf_counter()
-    protocol = config.client.protocol
-    payload = build_payload(config.server.model, config.client.file_size, protocol)
-    plan = LoadPlan(targets=tuple(e.target_for(protocol) for e in endpoints), body=payload.body, batch=payload.batch,
-                    threads=config.client.threads, requests=config.client.requests,
-                    deadline_s=deadline_s, processes=client_processes, duration_s=config.client.duration_s,
-                    protocol=protocol, path=payload.path)
-    monitor = Monitor(backend)
-    monitor.start()
-    try:
-        load = run_load(plan)
-    except LoadError as error:
-        raise MeasureError("load", str(error)) from None
-    finally:
-        samples = monitor.stop()
-    backend.check()  # a replica that died under load (OOM) fails the trial with its reason
+    client = config.client
+    payload = build_payload(config.server.model, client.file_size, client.protocol)
+    with open_link(client.network, tuple(e.target_for(client.protocol) for e in endpoints), backend.run,
+                   warn) as link:
+        plan = LoadPlan(targets=link.targets, body=payload.body, batch=payload.batch, threads=client.threads,
+                        requests=client.requests, deadline_s=client.deadline_s, processes=client_processes,
+                        duration_s=client.duration_s, protocol=client.protocol, path=payload.path,
+                        retries=client.retries, netns=link.client_netns)
+        chaos = (threading.Timer(client.chaos_kill_after_s, _kill_one, (backend,))
+                 if client.chaos_kill_after_s else None)
+        monitor = Monitor(backend)
+        monitor.start()
+        try:
+            load = run_load(plan, on_start=chaos.start if chaos else None)
+        except LoadError as error:
+            raise MeasureError("load", str(error)) from None
+        finally:
+            samples = monitor.stop()
+            if chaos is not None:
+                chaos.cancel()
+                chaos.join()
+    killed = backend.check()  # a replica that died unbidden (OOM) fails the trial with its reason
     if not load.ok.any():
         codes = ", ".join(f"{code} x{n}" for code, n in load.error_codes.items())
         raise MeasureError("errors", f"all {len(load.ok)} requests failed ({codes})")
-    window = cut_window(load, config.client.warmup_fraction)
+    window = cut_window(load, client.warmup_fraction)
     summary = summarize(load, samples, window, backend.memory_peaks(), backend.accounting, backend.limits_enforced)
     return replace(summary, request_bytes=payload.bytes_per_request, file_size_unit=payload.unit,
                    deploy_s=deployed - began, load_setup_s=load.started - deployed,
-                   load_s=load.finished - load.started)
+                   load_s=load.finished - load.started, network_method=link.method,
+                   deadline_ms=client.deadline_s * 1e3, replicas_killed=killed)
+
+
+def _kill_one(backend: Backend) -> None:
+    """The chaos option's fault: the last replica, killed without warning."""
+    try:
+        backend.kill_replica()
+    except DeployError:  # nothing left to kill: the trial reports what it saw
+        pass
 
 
 __all__ = ["MeasureError", "measure"]

@@ -9,14 +9,14 @@ from __future__ import annotations
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.trial import BaseTrial
 
-from optdse.config import ClientConfig, Config, ServerConfig
+from optdse.config import ClientConfig, Config, NetworkConfig, ServerConfig
 from optdse.spec import INTEGER_PARAMETERS, Fixed, Range, Study
 
 
 def distributions(study: Study) -> dict[str, BaseDistribution]:
     """The varied parameters of the study's space as Optuna distributions."""
     result: dict[str, BaseDistribution] = {}
-    for name, dist in study.space.parameters.items():
+    for name, dist in study.space.dimensions.items():
         if not isinstance(dist, Range):
             continue
         if name in INTEGER_PARAMETERS:
@@ -27,7 +27,7 @@ def distributions(study: Study) -> dict[str, BaseDistribution]:
 
 
 def fixed_values(study: Study) -> dict[str, float]:
-    return {name: dist.value for name, dist in study.space.parameters.items() if isinstance(dist, Fixed)}
+    return {name: dist.value for name, dist in study.space.dimensions.items() if isinstance(dist, Fixed)}
 
 
 def suggest(trial: BaseTrial, study: Study) -> Config:
@@ -46,9 +46,13 @@ def to_config(values: dict[str, float], study: Study) -> Config:
     spec = study.spec
     server = ServerConfig(model=spec.model, replicas=int(values["replicas"]), cpus=float(values["cpus"]),
                           memory_mb=int(values["memory_mb"]))
+    network = NetworkConfig(delay_ms=float(values.get("delay_ms", 0.0)), jitter_ms=float(values.get("jitter_ms", 0.0)),
+                            loss_pct=float(values.get("loss_pct", 0.0)), method=spec.network_method)
     client = ClientConfig(threads=int(values["threads"]), file_size=int(values["file_size"]),
                           requests=spec.requests, warmup_fraction=spec.warmup_fraction,
-                          duration_s=spec.duration_s, protocol=spec.protocol)
+                          duration_s=spec.duration_s, protocol=spec.protocol, network=network,
+                          deadline_s=spec.deadline_ms / 1e3, retries=spec.retries,
+                          chaos_kill_after_s=spec.chaos.kill_replica_after_s if spec.chaos else None)
     return Config(server=server, client=client)
 
 

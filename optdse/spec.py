@@ -24,6 +24,12 @@ PARAMETERS = {
     "cpus": "CPU cores per replica (a CFS quota)",
     "memory_mb": "memory limit per replica in MiB",
 }
+#: The `network` block's parameters: impairment of the client-replica link (optdse/network.py).
+NETWORK_PARAMETERS = {
+    "delay_ms": "delay added to every round trip between client and replicas, ms",
+    "jitter_ms": "random variation of that delay, +- ms",
+    "loss_pct": "packets lost in each direction, %",
+}
 #: Figures a study may optimise, with the direction that makes sense for each.
 METRICS = {
     "art_ms": "minimize", "p50_ms": "minimize", "p90_ms": "minimize", "p95_ms": "minimize",
@@ -77,9 +83,16 @@ Distribution = Annotated[Annotated[Range, Tag("range")] | Annotated[Fixed, Tag("
 
 
 class SearchSpace(_Strict):
-    """search_spaces/NAME.yaml: the dimensions a study explores."""
+    """search_spaces/NAME.yaml: the dimensions a study explores; `network` (optional) adds the
+    link's delay, jitter and loss, sampled like the others."""
 
     parameters: dict[Literal["threads", "file_size", "replicas", "cpus", "memory_mb"], Distribution]
+    network: dict[Literal["delay_ms", "jitter_ms", "loss_pct"], Distribution] = Field(default_factory=dict)
+
+    @property
+    def dimensions(self) -> dict[str, Range | Fixed]:
+        """Every parameter the space defines, the network's included."""
+        return {**self.parameters, **self.network}
 
     @model_validator(mode="after")
     def _complete_and_in_bounds(self) -> SearchSpace:
@@ -96,6 +109,11 @@ class SearchSpace(_Strict):
             if name in INTEGER_PARAMETERS and any(not float(v).is_integer() for v in values):
                 raise ValueError(f"parameters.{name}: takes whole numbers (got "
                                  f"{', '.join(f'{v:g}' for v in values)})")
+        highest = {"delay_ms": 60_000.0, "jitter_ms": 60_000.0, "loss_pct": 100.0}
+        for name, dist in self.network.items():
+            low, high = (dist.low, dist.high) if isinstance(dist, Range) else (dist.value, dist.value)
+            if low < 0 or high > highest[name]:
+                raise ValueError(f"network.{name}: must lie in 0..{highest[name]:g} (got {low:g}..{high:g})")
         return self
 
 
@@ -117,6 +135,12 @@ class Sampler(_Strict):
     start: Literal["one-factor", "none"] = "one-factor"
 
 
+class Chaos(_Strict):
+    """Faults injected into every trial: one replica is killed (SIGKILL) this long into the load."""
+
+    kill_replica_after_s: Annotated[float, Field(gt=0)]
+
+
 class StudySpec(_Strict):
     """studies/NAME.yaml: one study; its name is the file's stem."""
 
@@ -131,7 +155,15 @@ class StudySpec(_Strict):
     repeats: Annotated[int, Field(ge=1, le=100)] = Field(
         1, description="measure each configuration this many times in a row; objectives are the mean, "
                        "and the trial records the coefficient of variation of ART and ACU")
-    max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
+    max_error_rate: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.01, description="trials with a higher error rate are infeasible (an Optuna constraint)")
+    deadline_ms: Annotated[float, Field(gt=0, le=3_600_000)] = Field(
+        30_000, description="per-request deadline; a later answer is an error (DEADLINE_EXCEEDED)")
+    retries: Annotated[int, Field(ge=0, le=10)] = Field(
+        0, description="times the client sends a refused request again to another replica")
+    chaos: Chaos | None = None
+    network_method: Literal["auto", "netem", "proxy"] = Field(
+        "auto", description="how the network block's impairment is made: netem where the kernel has it, else proxy")
     backend: Literal["local", "docker", "swarm"] = "local"
     protocol: Literal["grpc", "rest"] = Field(
         "grpc", description="how the load generator sends Predict: gRPC, or TF Serving's REST API (JSON)")
@@ -152,9 +184,10 @@ class StudySpec(_Strict):
     @model_validator(mode="after")
     def _enqueued_names_known(self) -> StudySpec:
         for point in self.enqueue:
-            unknown = sorted(set(point) - set(PARAMETERS))
+            unknown = sorted(set(point) - set(PARAMETERS) - set(NETWORK_PARAMETERS))
             if unknown:
-                raise ValueError(f"enqueue: unknown parameter {unknown[0]}; allowed: {', '.join(PARAMETERS)}")
+                raise ValueError(f"enqueue: unknown parameter {unknown[0]}; allowed: "
+                                 f"{', '.join([*PARAMETERS, *NETWORK_PARAMETERS])}")
         return self
 
 
@@ -193,6 +226,8 @@ def _one_line(path: Path, error: ValidationError, model: type[BaseModel]) -> str
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     if len(loc) == 1:
         return f"; allowed: {', '.join(model.model_fields)}"
+    if model is SearchSpace and len(loc) == 2 and loc[0] == "network":
+        return f"; allowed: {', '.join(NETWORK_PARAMETERS)}"
     if model is SearchSpace and len(loc) >= 3:
         return "; allowed: low, high, log, step (a range) or value (fixed)"
     return ""
@@ -242,7 +277,9 @@ def load_study(name_or_path: str) -> Study:
     space: SearchSpace = _validate(SearchSpace, space_path)
     for i, point in enumerate(spec.enqueue):
         for name, value in point.items():
-            dist = space.parameters[name]  # type: ignore[index]
+            if name not in space.dimensions:
+                raise SpecError(f"{path}: enqueue.{i}.{name}: the search space has no network block with {name}")
+            dist = space.dimensions[name]
             low, high = (dist.low, dist.high) if isinstance(dist, Range) else (dist.value, dist.value)
             if not (low <= value <= high) or math.isnan(value):
                 raise SpecError(f"{path}: enqueue.{i}.{name}: must lie in the space's range "
@@ -250,5 +287,5 @@ def load_study(name_or_path: str) -> Study:
     return Study(name=path.stem, path=path, spec=spec, space=space)
 
 
-__all__ = ["METRICS", "PARAMETERS", "Fixed", "Range", "SearchSpace", "SpecError", "Study", "StudySpec",
+__all__ = ["METRICS", "NETWORK_PARAMETERS", "PARAMETERS", "Chaos", "Fixed", "Range", "SearchSpace", "SpecError", "Study", "StudySpec",
            "find_study_file", "load_study"]

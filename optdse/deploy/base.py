@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from optdse.config import ServerConfig
+from optdse.deploy.runs import Run
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class Backend(Protocol):
     limits_enforced: bool
     #: How ACU is read: "cgroup v1", "cgroup v2", "psutil", ...
     accounting: str
+    #: This run's record (optdse/deploy/runs.py), where helpers such as the network relay are noted too.
+    run: Run
 
     def apply(self, server: ServerConfig) -> list[Endpoint]:
         """Make the deployment match `server`; return its endpoints once every replica is ready."""
@@ -88,8 +91,13 @@ class Backend(Protocol):
     def reset_peaks(self) -> None:
         ...
 
-    def check(self) -> None:
-        """Raise DeployError if a replica died (with the reason, e.g. OOM)."""
+    def check(self) -> list[str]:
+        """Raise DeployError if a replica died (with the reason, e.g. OOM); replicas killed by
+        `kill_replica` are dropped instead (the next `apply` replaces them) and their names returned."""
+        ...
+
+    def kill_replica(self) -> str:
+        """Kill the last replica now, without warning (the chaos option); return its name."""
         ...
 
     def close(self) -> None:

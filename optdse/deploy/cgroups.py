@@ -115,6 +115,7 @@ class Cgroup:
         self.cpu_dir = driver.cpu / relative
         self.cpuacct_dir = driver.cpuacct / relative
         self.memory_dir = driver.memory / relative
+        self._last_cpu_seconds: float | None = None
 
     def create(self) -> None:
         for tree in self.driver.trees():
@@ -167,6 +168,16 @@ class Cgroup:
                 _write(self.memory_dir / "memory.swap.max", "0")
 
     def cpu_seconds(self) -> float:
+        """CPU time used by the group so far. A group that vanished after it was read (a
+        killed container's, removed by Docker) keeps its last reading: what it used until then."""
+        try:
+            self._last_cpu_seconds = self._read_cpu_seconds()
+        except FileNotFoundError:
+            if self._last_cpu_seconds is None:
+                raise
+        return self._last_cpu_seconds
+
+    def _read_cpu_seconds(self) -> float:
         if self.driver.version == 1:
             return int((self.cpuacct_dir / "cpuacct.usage").read_text()) / 1e9
         for line in (self.cpuacct_dir / "cpu.stat").read_text().splitlines():
@@ -176,8 +187,14 @@ class Cgroup:
         raise OSError(f"no usage_usec in {self.cpuacct_dir / 'cpu.stat'}")
 
     def memory_bytes(self) -> int:
+        """Memory in use now; 0 once a group that was read has vanished (see cpu_seconds)."""
         name = "memory.usage_in_bytes" if self.driver.version == 1 else "memory.current"
-        return int((self.memory_dir / name).read_text())
+        try:
+            return int((self.memory_dir / name).read_text())
+        except FileNotFoundError:
+            if self._last_cpu_seconds is None:
+                raise
+            return 0
 
     def memory_peak(self) -> int | None:
         name = "memory.max_usage_in_bytes" if self.driver.version == 1 else "memory.peak"

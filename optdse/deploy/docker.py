@@ -240,6 +240,7 @@ class DockerBackend:
         self.replicas: list[Container] = []
         self.current: ServerConfig | None = None
         self._next_index = 0
+        self._killed: set[str] = set()  # by kill_replica, not yet dropped by check
 
     def apply(self, server: ServerConfig) -> list[Endpoint]:
         if self.current is not None and self.current.model != server.model:
@@ -294,12 +295,24 @@ class DockerBackend:
         for replica in self.replicas:
             replica.cgroup.reset_peak()
 
-    def check(self) -> None:
+    def check(self) -> list[str]:
+        killed = [replica for replica in self.replicas if replica.name in self._killed]
+        self._remove(killed)
+        self._killed.clear()
         for replica in list(self.replicas):
             if not replica.alive(fresh=True):
                 error = replica.failure()
                 self._remove([replica])
                 raise error
+        return [replica.name for replica in killed]
+
+    def kill_replica(self) -> str:
+        if not self.replicas:
+            raise DeployError("chaos", "no replica to kill")
+        replica = self.replicas[-1]
+        self._killed.add(replica.name)
+        replica.container.kill()  # SIGKILL, by the container id this backend started
+        return replica.name
 
     def close(self) -> None:
         try:

@@ -243,6 +243,7 @@ class LocalBackend:
         self.parked: list[Replica] = []    # loaded and idle, kept for a later trial (same model)
         self.current: ServerConfig | None = None
         self._next_index = 0
+        self._killed: set[str] = set()  # by kill_replica, not yet dropped by check
 
     def apply(self, server: ServerConfig) -> list[Endpoint]:
         if self.current is not None and self.current.model != server.model:
@@ -307,13 +308,27 @@ class LocalBackend:
             if replica.cgroup is not None:
                 replica.cgroup.reset_peak()
 
-    def check(self) -> None:
+    def check(self) -> list[str]:
+        killed = [replica for replica in self.replicas if replica.name in self._killed]
+        for replica in killed:  # stop() reaps it and removes its cgroup
+            replica.stop()
+            self.replicas.remove(replica)
+        self._killed.clear()
         for replica in self.replicas:
             if not replica.alive():
                 error = replica.failure()
                 replica.stop()
                 self.replicas.remove(replica)
                 raise error
+        return [replica.name for replica in killed]
+
+    def kill_replica(self) -> str:
+        if not self.replicas:
+            raise DeployError("chaos", "no replica to kill")
+        replica = self.replicas[-1]
+        self._killed.add(replica.name)
+        replica.process.kill()  # SIGKILL, by the pid this backend started
+        return replica.name
 
     def _stop_all(self) -> None:
         replicas, self.replicas, self.parked = self.replicas + self.parked, [], []

@@ -1,7 +1,8 @@
 """A record on disk of what each optdse run started, so a SIGKILLed run can be cleaned up.
 
 Each run owns `STATE_DIR/<run id>/`: `owner.json` (pid and start time of the optdse process)
-and one `replica-N.json` per live replica (its pid, start time, port, cgroup). A run whose
+one `replica-N.json` per live replica (its pid, start time, port, cgroup) and one
+`relay-PID.json` per network relay (optdse/network.py). A run whose
 owner is gone is stale; `clean_stale_runs` stops its replicas by their recorded pids (checked
 against their start times, so a reused pid is never hit) and removes its cgroups.
 """
@@ -55,6 +56,10 @@ class Run:
         info = {"pid": pid, "create_time": psutil.Process(pid).create_time(), "port": port, "cgroup": cgroup}
         (self.directory / f"{name}.json").write_text(json.dumps(info))
 
+    def record_process(self, name: str, pid: int) -> None:
+        """Any other process this run started and `optdse clean` must stop (the network relay)."""
+        (self.directory / f"{name}.json").write_text(json.dumps({"pid": pid, "create_time": psutil.Process(pid).create_time()}))
+
     def forget_replica(self, name: str) -> None:
         (self.directory / f"{name}.json").unlink(missing_ok=True)
 
@@ -106,7 +111,9 @@ def clean_stale_runs(driver: CgroupDriver | None) -> CleanReport:
         if _owner_alive(directory):
             live.add(directory.name)
             continue
-        for record in directory.glob("replica-*.json"):
+        for record in directory.glob("*.json"):
+            if record.name == "owner.json":
+                continue
             info = json.loads(record.read_text())
             process = live_process(info["pid"], info["create_time"])
             if process is not None:

@@ -81,6 +81,8 @@ class SwarmBackend:
         self.current: ServerConfig | None = None
         self.base_port = 0
         self._tasks: list[tuple[int, str, Cgroup]] = []  # (slot, container id, cgroup) of running tasks
+        self._killed: list[tuple[int, frozenset[str]]] = []  # (slot, task ids) killed by kill_replica
+        self._lost: set[str] = set()  # task ids killed since the last apply: wait for their replacements
         self._last_oom_check = 0.0
 
     def _spec(self, server: ServerConfig) -> dict[str, Any]:
@@ -114,6 +116,8 @@ class SwarmBackend:
             if self.service is None:
                 self.base_port = _free_base_port()
                 self.service = self.client.services.create(**self._spec(server))
+            elif self._lost and server == self.current:
+                replaced = set(self._lost)
             elif server != self.current:
                 self.service.reload()
                 if self.current is None or replace(self.current, replicas=server.replicas) != server:
@@ -124,6 +128,7 @@ class SwarmBackend:
         except docker_errors().APIError as error:
             raise DeployError("swarm", f"service create/update refused: {error.explanation or error}") from None
         self.current = server
+        self._lost.clear()
         self._wait_ready(server, replaced)
         return [Endpoint(replica=slot, host=HOST, port=self.base_port + slot,
                          rest_port=self.base_port + REST_OFFSET + slot) for slot, _, _ in self._tasks]
@@ -198,9 +203,26 @@ class SwarmBackend:
         for _, _, group in self._tasks:
             group.reset_peak()
 
-    def check(self) -> None:
+    def check(self) -> list[str]:
         if self.current is not None and self.service is not None:
             self._raise_if_oom(self.current)
+        killed = [f"task {slot}" for slot, _ in self._killed]
+        for _, task_ids in self._killed:
+            self._lost |= task_ids
+        self._killed = []
+        return killed
+
+    def kill_replica(self) -> str:
+        """Kill the last task's container; Swarm starts a new task in its slot by itself, and the
+        next `apply` waits for it."""
+        if not self._tasks:
+            raise DeployError("chaos", "no task to kill")
+        slot, container_id, _ = self._tasks[-1]
+        task_ids = {task["ID"] for task in self.service.tasks()
+                    if task["Status"].get("ContainerStatus", {}).get("ContainerID") == container_id}
+        self._killed.append((slot, frozenset(task_ids)))
+        self.client.containers.get(container_id).kill()  # SIGKILL, by the container id of this run's task
+        return f"task {slot}"
 
     def _remove_service(self) -> None:
         if self.service is not None:

@@ -41,7 +41,7 @@ def test_measure_json_reports_every_figure(project: Path, cgroup_driver: CgroupD
 
 @pytest.mark.parametrize(("option", "value", "message"), [
     ("--cpus", "0", "--cpus: must be between 0.01 and 64"),
-    ("--duration", "0", "--duration: must be a number of seconds > 0"),
+    ("--duration", "0", "--duration: must be a number > 0"),
     ("--model", "resnet", "--model: invalid choice: 'resnet'"),
 ])
 def test_measure_rejects_a_bad_value_with_exit_2(project: Path, option: str, value: str, message: str) -> None:
