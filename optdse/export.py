@@ -7,7 +7,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from optdse.spec import PARAMETERS
+from optdse.spec import NETWORK_PARAMETERS, PARAMETERS
 
 #: Measured figures exported beside the parameters, in this order.
 FIGURES = ("art_ms", "acu_cores", "p95_ms", "throughput_rps", "energy_j")
@@ -15,8 +15,18 @@ FIGURES = ("art_ms", "acu_cores", "p95_ms", "throughput_rps", "energy_j")
 
 def trial_parameters(trial: optuna.trial.FrozenTrial) -> dict[str, object]:
     """Every parameter of the trial's configuration: the suggested ones and the fixed ones
-    (stored as `fixed_NAME` user attrs, since Optuna does not record unsuggested values)."""
-    return {name: trial.params.get(name, trial.user_attrs.get(f"fixed_{name}")) for name in PARAMETERS}
+    (stored as `fixed_NAME` user attrs, since Optuna does not record unsuggested values),
+    and the network's where its space has a network block."""
+    values = {name: trial.params.get(name, trial.user_attrs.get(f"fixed_{name}")) for name in PARAMETERS}
+    for name in NETWORK_PARAMETERS:
+        if name in trial.params or f"fixed_{name}" in trial.user_attrs:
+            values[name] = trial.params.get(name, trial.user_attrs.get(f"fixed_{name}"))
+    return values
+
+
+def parameter_columns(rows: list[dict[str, object]]) -> list[str]:
+    """The parameter columns of a table of trials: the five, and the network's if any trial has them."""
+    return [*PARAMETERS, *(name for name in NETWORK_PARAMETERS if any(name in row for row in rows))]
 
 
 def pareto_frame(study: optuna.Study) -> pd.DataFrame:
@@ -29,8 +39,12 @@ def pareto_frame(study: optuna.Study) -> pd.DataFrame:
         for name in FIGURES:
             row[name] = trial.user_attrs.get(name)
         row["energy_is_estimate"] = trial.user_attrs.get("energy_is_estimate")
+        if any(name in row for name in NETWORK_PARAMETERS):  # a network study: how, and what it cost
+            row["error_rate"] = trial.user_attrs.get("error_rate")
+            row["network_method"] = trial.user_attrs.get("network_method")
         rows.append(row)
-    columns = ["trial", *PARAMETERS, *FIGURES, "energy_is_estimate"]
+    network = ["error_rate", "network_method"] if any("network_method" in row for row in rows) else []
+    columns = ["trial", *parameter_columns(rows), *FIGURES, "energy_is_estimate", *network]
     return pd.DataFrame(rows, columns=columns).sort_values("art_ms", ignore_index=True)
 
 
@@ -41,4 +55,4 @@ def write_pareto_csv(study: optuna.Study, path: Path) -> pd.DataFrame:
     return frame
 
 
-__all__ = ["FIGURES", "pareto_frame", "trial_parameters", "write_pareto_csv"]
+__all__ = ["FIGURES", "parameter_columns", "pareto_frame", "trial_parameters", "write_pareto_csv"]

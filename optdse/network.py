@@ -31,6 +31,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from optdse.config import NetworkConfig
 from optdse.deploy.base import DeployError
@@ -71,7 +72,7 @@ class Link:
         for name in reversed(namespaces):
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
-    def __enter__(self) -> Link:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

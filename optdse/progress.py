@@ -34,13 +34,14 @@ class StudyProgress:
     def pareto_table(optuna_study: optuna.Study, limit: int = 10) -> Table:
         frame = pareto_frame(optuna_study)
         table = Table(title=f"Pareto front ({len(frame)} trials)", title_justify="left")
-        for column in ("trial", "threads", "file_size", "replicas", "cpus", "memory_mb", "art_ms", "acu_cores"):
+        columns = [c for c in ("threads", "file_size", "replicas", "cpus", "memory_mb", "delay_ms", "jitter_ms",
+                               "loss_pct", "art_ms", "acu_cores") if c in frame.columns]
+        table.add_column("trial", justify="right")
+        for column in columns:
             table.add_column(column, justify="right")
-        for row in frame.head(limit).itertuples(index=False):
-            table.add_row(str(row.trial), *(f"{getattr(row, c):.3g}" if isinstance(getattr(row, c), float)
-                                             else str(getattr(row, c))
-                                             for c in ("threads", "file_size", "replicas", "cpus", "memory_mb",
-                                                       "art_ms", "acu_cores")))
+        for row in frame.head(limit).to_dict("records"):
+            table.add_row(str(row["trial"]), *(f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c])
+                                               for c in columns))
         return table
 
     def _render(self) -> Group:

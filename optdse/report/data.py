@@ -15,8 +15,7 @@ import pandas as pd
 from optuna._hypervolume import compute_hypervolume  # what Optuna's own hypervolume plots use (pinned)
 from optuna.trial import FrozenTrial, TrialState
 
-from optdse.export import trial_parameters
-from optdse.spec import PARAMETERS
+from optdse.export import parameter_columns, trial_parameters
 
 #: At most this many Pareto-optimal trials get a latency time series panel.
 MAX_TIMESERIES = 6
@@ -90,7 +89,7 @@ def trials_frame(study: optuna.Study, objectives: list[str]) -> pd.DataFrame:
         row.update(dict(zip(objectives, values, strict=True)))
         rows.append(row)
     columns = ["number", "state", "feasible", "pareto", "fail_reason", "fail_message", "error_rate",
-               *PARAMETERS, *objectives]
+               *parameter_columns(rows), *objectives]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -201,7 +200,8 @@ def compute(study: optuna.Study, grid: optuna.Study | None = None) -> ReportData
     grid_trials = trials_frame(grid, objectives) if grid is not None else None
     reference = reference_point([f for f in (trials, grid_trials) if f is not None], objectives, directions)
     summary = summarize_study(study, objectives, directions, reference, trials)
-    parameters = [p for p in PARAMETERS if trials[p].nunique(dropna=True) > 1]
+    parameters = [p for p in parameter_columns(trials.to_dict("records")) if p in trials
+                  and trials[p].nunique(dropna=True) > 1]
     notes: list[str] = []
     found_importances: dict[str, dict[str, float]] = {}
     if summary.completed < 2:

@@ -119,6 +119,20 @@ class TestBackendContract:
         backend.apply(config(replicas=2, cpus=1.5, memory_mb=600))
         assert backend.replica_ids() == grown[:2]
 
+    def test_a_killed_replica_is_dropped_by_check_and_replaced_by_the_next_apply(self, backend: Backend) -> None:
+        """The chaos option's contract: kill_replica kills the last replica, check() reports it
+        by name instead of failing, and the next apply of the same config starts a replacement."""
+        backend.apply(config(replicas=2))
+        before = backend.replica_ids()
+        name = backend.kill_replica()
+        assert backend.check() == [name]
+        assert backend.check() == [], "a killed replica was reported twice"
+        endpoints = backend.apply(config(replicas=2))
+        after = backend.replica_ids()
+        assert len(after) == 2 and after[0] == before[0] and after[1] != before[1]
+        for endpoint in endpoints:
+            wait_available(endpoint.target, "mnist", timeout=10)
+
     def test_too_little_memory_is_reported_as_oom_and_the_backend_goes_on(self, backend: Backend) -> None:
         with pytest.raises(DeployError) as caught:
             backend.apply(config(replicas=1, memory_mb=64))
