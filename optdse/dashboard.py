@@ -24,7 +24,11 @@ def trial_note(config: Config, result: Measurement) -> str:
         f"| throughput | {result.throughput_rps:.1f} req/s |",
         f"| ACU (replicas) | {result.acu_cores:.3f} cores |",
         f"| memory peak (largest replica) | {result.mem_peak_mb:.0f} MB |",
-        f"| errors | {result.errors} of {result.requests_sent} ({result.error_rate:.2%}) |",
+        f"| errors | {result.errors} of {result.requests_sent} ({result.error_rate:.2%})"
+        + (f": {', '.join(f'{code} x{n}' for code, n in result.error_codes.items())}" if result.error_codes else "")
+        + f"; deadline {result.deadline_ms:g} ms, {result.retried_requests} retried |",
+        f"| network | {result.network_method}"
+        + (f" ({config.client.network.describe()})" if config.client.network.impaired else "") + " |",
         f"| window | {result.window_s:.2f} s, {result.requests_in_window} requests "
         f"({result.warmup_requests} warm-up, {result.cooldown_requests} cool-down cut) |",
         f"| stability | spread {result.stability_spread:.1%} ({'stable' if result.stable else 'not stable'}) |",
@@ -35,6 +39,8 @@ def trial_note(config: Config, result: Measurement) -> str:
     if result.repeats > 1:
         lines.insert(2, f"Measured {result.repeats} times in a row: figures are means (counts are sums); "
                         f"coefficient of variation ART {result.art_cv:.1%}, ACU {result.acu_cv:.1%}.\n")
+    if result.replicas_killed:
+        lines.append(f"| chaos | killed {', '.join(result.replicas_killed)} during the load |")
     lines += [f"\n**Warning:** {warning}" for warning in result.warnings]
     return "\n".join(lines)
 

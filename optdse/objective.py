@@ -69,7 +69,11 @@ def measure(backend: Backend, config: Config, client_processes: int = 0,
             if chaos is not None:
                 chaos.cancel()
                 chaos.join()
-    killed = backend.check()  # a replica that died unbidden (OOM) fails the trial with its reason
+    try:
+        killed = backend.check()
+    except DeployError as error:  # a replica died unbidden (OOM): the trial fails with its reason
+        raise DeployError(error.reason, f"{error.message}, under load ({int(load.ok.sum())} of "
+                                        f"{len(load.ok)} requests answered)") from None
     if not load.ok.any():
         codes = ", ".join(f"{code} x{n}" for code, n in load.error_codes.items())
         raise MeasureError("errors", f"all {len(load.ok)} requests failed ({codes})")

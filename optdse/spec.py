@@ -209,7 +209,8 @@ class Study(BaseModel):
 
 
 def _one_line(path: Path, error: ValidationError, model: type[BaseModel]) -> str:
-    first = error.errors()[0]
+    # An unknown key (a typo) explains a missing one next to it: say that first.
+    first = next((e for e in error.errors() if e["type"] == "extra_forbidden"), error.errors()[0])
     # Drop pydantic's internal path parts (union tags, validator names) from the key.
     key = ".".join(str(part) for part in first["loc"] if str(part) not in ("range", "fixed") and "[" not in str(part))
     message = first["msg"].removeprefix("Value error, ")
@@ -226,6 +227,9 @@ def _one_line(path: Path, error: ValidationError, model: type[BaseModel]) -> str
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     if len(loc) == 1:
         return f"; allowed: {', '.join(model.model_fields)}"
+    nested = {"chaos": Chaos, "sampler": Sampler}
+    if model is StudySpec and len(loc) == 2 and loc[0] in nested:
+        return f"; allowed: {', '.join(nested[loc[0]].model_fields)}"
     if model is SearchSpace and len(loc) == 2 and loc[0] == "network":
         return f"; allowed: {', '.join(NETWORK_PARAMETERS)}"
     if model is SearchSpace and len(loc) >= 3:

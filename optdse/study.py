@@ -125,6 +125,8 @@ def run_trial(optuna_study: optuna.Study, study: Study, backend: Backend) -> Tri
     optuna_study.tell(trial, values)
     summary = (f"ART {result.art_ms:.2f} ms, ACU {result.acu_cores:.3f} cores, p95 {result.p95_ms:.2f} ms, "
                f"{result.throughput_rps:.0f} req/s, errors {result.errors}")
+    if result.retried_requests or result.replicas_killed:
+        summary += f", {result.retried_requests} retried" + "".join(f", killed {name}" for name in result.replicas_killed)
     if result.repeats > 1:
         summary += f", CV over {result.repeats} repeats: ART {result.art_cv:.1%}, ACU {result.acu_cv:.1%}"
     return TrialOutcome(trial.number, TrialState.COMPLETE, values, summary)

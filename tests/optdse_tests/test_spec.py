@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from optdse.payloads import BUILDERS, UNITS
+from optdse.space import distributions, fixed_values, to_config
 from optdse.spec import MODELS, SpecError, StudySpec, load_study
 from serving.models import EXPORTERS
 from tests.optdse_tests.conftest import SPACE, optdse, write_study
@@ -34,6 +35,16 @@ def test_every_model_has_an_exporter_a_payload_and_a_study_with_a_bounded_durati
         assert model == "mnist" or study.spec.duration_s is not None  # slow models end by time
 
 
+def test_the_network_study_samples_the_link_with_the_other_parameters() -> None:
+    study = load_study("mnist-network")
+    assert set(study.space.network) == {"delay_ms", "jitter_ms", "loss_pct"}
+    assert {"delay_ms", "jitter_ms", "loss_pct", "threads", "replicas"} <= set(distributions(study))
+    config = to_config({"threads": 2, "replicas": 1, "delay_ms": 20, "jitter_ms": 1, "loss_pct": 0.5}
+                       | fixed_values(study), study)
+    assert (config.client.network.delay_ms, config.client.network.loss_pct) == (20, 0.5)
+    assert config.client.deadline_s == 0.5 and config.client.retries == 1
+
+
 def test_the_command_line_overrides_requests_and_duration() -> None:
     study = load_study("nmt-pareto")
     assert study.with_load() is study
@@ -57,6 +68,11 @@ BAD_STUDIES = [
     ({"enqueue": "[{replicas: 99}]"}, "enqueue.0.replicas", "range 1..2"),
     ({"enqueue": "[{gpus: 1}]"}, "enqueue", "unknown parameter gpus; allowed: threads"),
     ({"trials": "[1"}, "line", "not valid YAML"),
+    ({"deadline_ms": 0}, "deadline_ms", "greater than 0"),
+    ({"retries": 11}, "retries", "less than or equal to 10"),
+    ({"chaos": "{kill_after: 1}"}, "chaos.kill_after", "unknown key; allowed: kill_replica_after_s"),
+    ({"network_method": "tc"}, "network_method", "'auto', 'netem' or 'proxy'"),
+    ({"enqueue": "[{delay_ms: 5}]"}, "enqueue.0.delay_ms", "the search space has no network block"),
 ]
 
 BAD_SPACES = [
@@ -67,6 +83,8 @@ BAD_SPACES = [
     (SPACE.replace("{low: 1, high: 2}", "{low: 1.5, high: 2}"), "parameters.replicas", "whole numbers"),
     (SPACE.replace("step: 0.1", "log: true, step: 0.1"), "parameters.cpus", "log and step"),
     (SPACE.replace("{value: 1000}", "{value: 1000, high: 3}"), "parameters.memory_mb", "unknown key"),
+    (SPACE + "network:\n  loss_pct: {low: 0, high: 150}\n", "network.loss_pct", "must lie in 0..100"),
+    (SPACE + "network:\n  drop: {value: 1}\n", "network.drop", "'delay_ms', 'jitter_ms' or 'loss_pct'"),
 ]
 
 
@@ -105,7 +123,7 @@ def test_an_unknown_study_name_lists_the_known_ones(tmp_path: Path) -> None:
     done = optdse(tmp_path, "study", "no-such-study")
     assert done.returncode == 2
     assert ("no-such-study.yaml: file not found; known studies: deepspeech-pareto, inception-pareto, "
-            "mnist-pareto, nmt-pareto") in done.stderr
+            "mnist-network, mnist-pareto, nmt-pareto") in done.stderr
 
 
 def test_a_storage_url_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
