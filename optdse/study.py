@@ -119,7 +119,7 @@ def run_trial(optuna_study: optuna.Study, study: Study, backend: Backend) -> Tri
         raise
     for key, value in result.as_dict().items():
         trial.set_user_attr(key, value)
-    trial.set_user_attr("constraints", [result.error_rate - study.spec.max_error_rate])
+    record_constraints(trial, [result.error_rate - study.spec.max_error_rate])
     save_note(trial, trial_note(config, result))
     values = [float(getattr(result, o.metric)) for o in study.spec.objectives]
     optuna_study.tell(trial, values)
@@ -130,6 +130,15 @@ def run_trial(optuna_study: optuna.Study, study: Study, backend: Backend) -> Tri
     if result.repeats > 1:
         summary += f", CV over {result.repeats} repeats: ART {result.art_cv:.1%}, ACU {result.acu_cv:.1%}"
     return TrialOutcome(trial.number, TrialState.COMPLETE, values, summary)
+
+
+def record_constraints(trial: optuna.Trial, values: list[float]) -> None:
+    """Store the trial's constraints (<= 0 is feasible) where every reader looks: the user
+    attr `constraints_func` reads, and the system attr that Optuna's Pareto front and
+    optuna-dashboard read. TPE and NSGA-II write the latter themselves on tell; RandomSampler
+    takes no constraints, so without this its infeasible trials would join the front."""
+    trial.set_user_attr("constraints", values)
+    trial.storage.set_trial_system_attr(trial._trial_id, "constraints", values)  # noqa: SLF001  # Optuna's own key
 
 
 def _configure(trial: optuna.Trial, study: Study, backend: Backend) -> Config:
@@ -227,4 +236,5 @@ def default_storage() -> str:
 
 
 __all__ = ["START_LEVELS", "constraints", "default_storage", "enqueue_seed_points", "fail_abandoned",
-           "make_sampler", "open_study", "repeatability", "run_study", "run_trial", "start_points"]
+           "make_sampler", "open_study", "record_constraints", "repeatability", "run_study", "run_trial",
+           "start_points"]

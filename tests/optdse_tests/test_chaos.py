@@ -74,3 +74,25 @@ def test_a_replica_oom_killed_under_load_is_reported_with_its_reason(project: Pa
     assert done.returncode == 1, done.stdout
     assert "OOM: replica-0 was killed by its 260 MB memory limit" in done.stderr and "under load" in done.stderr
     assert not list((project / "state").glob("*/*.json"))
+
+
+def test_trials_over_the_error_limit_are_infeasible_and_kept_off_the_front(project: Path,
+                                                                           cgroup_driver: CgroupDriver) -> None:
+    """Chaos without retries: a third or more of each trial's requests fail, over the 1% limit.
+    The trials are COMPLETE (measured, not dropped) but infeasible for every reader: the
+    constraint Optuna and optuna-dashboard read, and the exported front, which stays empty.
+    RandomSampler, which takes no constraints itself, is the sampler here on purpose."""
+    write_study(project, "lossy", SPACE, requests=100000, duration_s=1.2, trials=2,
+                chaos="{kill_replica_after_s: 0.4}", sampler="{name: random, seed: 1, start: none}",
+                enqueue="[{threads: 2, cpus: 1.0, delay_ms: 0}]")
+    done = optdse(project, "study", "lossy")
+    assert done.returncode == 0, done.stderr
+    study = optuna.load_study(study_name="lossy", storage=f"sqlite:///{project}/results/optdse.db")
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials)
+    for trial in trials:
+        assert trial.user_attrs["error_rate"] > 0.1 and trial.user_attrs["error_codes"].keys() == {"UNAVAILABLE"}
+        assert trial.system_attrs["constraints"][0] > 0  # what optuna-dashboard shows as infeasible
+    assert study.best_trials == []
+    exported = optdse(project, "export", "lossy", "--pareto", "front.csv")
+    assert exported.returncode == 0 and "wrote 0 Pareto-optimal trials" in exported.stdout
