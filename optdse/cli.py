@@ -306,46 +306,24 @@ def _clean(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
-    return value
+def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], rule: str) -> Callable[[str], Any]:
+    """An argparse type: `convert` the text, and refuse a value that is not `ok` with "rule (got text)"."""
+    def parse(text: str) -> Any:
+        value = convert(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{rule} (got {text})")
+        return value
+
+    parse.__name__ = convert.__name__  # argparse's "invalid int value: 'x'" names the type
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number > 0 (got {text})")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0 (got {text})")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 (got {value})")
-    return value
-
-
-def _percent(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"must be a percentage from 0 to 100 (got {text})")
-    return value
-
-
-def _cpus(text: str) -> float:
-    value = float(text)
-    if not 0.01 <= value <= 64:
-        raise argparse.ArgumentTypeError(f"must be between 0.01 and 64 cores (got {value:g})")
-    return value
+_positive_int = _checked(int, lambda v: v >= 1, "must be >= 1")
+_non_negative_int = _checked(int, lambda v: v >= 0, "must be >= 0")
+_positive_float = _checked(float, lambda v: 0 < v < float("inf"), "must be a number > 0")
+_non_negative = _checked(float, lambda v: 0 <= v < float("inf"), "must be a number >= 0")
+_percent = _checked(float, lambda v: 0 <= v <= 100, "must be a percentage from 0 to 100")
+_cpus = _checked(float, lambda v: 0.01 <= v <= 64, "must be between 0.01 and 64 cores")
 
 
 def _add_trial_options(parser: argparse.ArgumentParser) -> None:

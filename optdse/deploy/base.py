@@ -63,6 +63,44 @@ class DeployError(RuntimeError):
         self.message = message
 
 
+class _Replica(Protocol):
+    name: str
+
+    def alive(self, fresh: bool = False) -> bool: ...
+    def failure(self) -> DeployError: ...
+    def kill(self) -> None: ...
+
+
+class ReplicaChecks:
+    """`check` and `kill_replica` for backends that keep their replicas as a list of objects
+    (local processes, docker containers); `_drop` stops and forgets some of them."""
+
+    replicas: list
+    _killed: set[str]
+
+    def _drop(self, replicas: list) -> None:
+        raise NotImplementedError
+
+    def check(self) -> list[str]:
+        killed = [replica for replica in self.replicas if replica.name in self._killed]
+        self._drop(killed)
+        self._killed.clear()
+        for replica in list(self.replicas):
+            if not replica.alive(fresh=True):
+                error = replica.failure()
+                self._drop([replica])
+                raise error
+        return [replica.name for replica in killed]
+
+    def kill_replica(self) -> str:
+        if not self.replicas:
+            raise DeployError("chaos", "no replica to kill")
+        replica: _Replica = self.replicas[-1]
+        self._killed.add(replica.name)
+        replica.kill()
+        return replica.name
+
+
 class Backend(Protocol):
     name: str
     #: False when limits could not be applied (e.g. cgroups not writable); recorded per trial.

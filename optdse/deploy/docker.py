@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from optdse.config import ServerConfig
-from optdse.deploy.base import DeployError, Endpoint, ResourceSample
+from optdse.deploy.base import DeployError, Endpoint, ReplicaChecks, ResourceSample
 from optdse.deploy.cgroups import CFS_PERIOD_US, Cgroup, CgroupDriver
 from optdse.deploy.local import HOST, free_port, make_ready
 from optdse.deploy.runs import Run, run_owner_alive
@@ -180,6 +180,10 @@ class Container:
             self.container.reload()
         return self.container.status in ("created", "running")
 
+    def kill(self) -> None:
+        """SIGKILL, by the container id this backend started (the chaos option)."""
+        self.container.kill()
+
     def log_tail(self, lines: int = 3) -> str:
         return self.container.logs(tail=lines).decode(errors="replace").strip().replace("\n", " | ")
 
@@ -223,7 +227,7 @@ def container_cgroup(container_id: str) -> Cgroup:
     raise DeployError("docker", f"cannot find the cgroup of container {container_id[:12]} for CPU accounting")
 
 
-class DockerBackend:
+class DockerBackend(ReplicaChecks):
     """Replicas as containers; the same contract as LocalBackend."""
 
     name = "docker"
@@ -244,16 +248,16 @@ class DockerBackend:
 
     def apply(self, server: ServerConfig) -> list[Endpoint]:
         if self.current is not None and self.current.model != server.model:
-            self._remove(self.replicas)
+            self._drop(self.replicas)
         if len(self.replicas) > server.replicas:
-            self._remove(self.replicas[server.replicas:])
+            self._drop(self.replicas[server.replicas:])
         for replica in list(self.replicas):
             try:
                 replica.set_limits(server.cpus, server.memory_mb)
             except docker_errors().APIError:
                 # The kernel refuses a memory limit below what the container uses now (runc:
                 # "unable to set memory limit"): start it afresh under the new limit instead.
-                self._remove([replica])
+                self._drop([replica])
         self._start(server, server.replicas - len(self.replicas))
         self.current = server
         self.check()
@@ -276,7 +280,7 @@ class DockerBackend:
             raise
         self.replicas.extend(started)
 
-    def _remove(self, replicas: list[Container]) -> None:
+    def _drop(self, replicas: list[Container]) -> None:
         for replica in list(replicas):
             replica.remove()
             self.replicas.remove(replica)
@@ -295,28 +299,9 @@ class DockerBackend:
         for replica in self.replicas:
             replica.cgroup.reset_peak()
 
-    def check(self) -> list[str]:
-        killed = [replica for replica in self.replicas if replica.name in self._killed]
-        self._remove(killed)
-        self._killed.clear()
-        for replica in list(self.replicas):
-            if not replica.alive(fresh=True):
-                error = replica.failure()
-                self._remove([replica])
-                raise error
-        return [replica.name for replica in killed]
-
-    def kill_replica(self) -> str:
-        if not self.replicas:
-            raise DeployError("chaos", "no replica to kill")
-        replica = self.replicas[-1]
-        self._killed.add(replica.name)
-        replica.container.kill()  # SIGKILL, by the container id this backend started
-        return replica.name
-
     def close(self) -> None:
         try:
-            self._remove(self.replicas)
+            self._drop(self.replicas)
             self.current = None
         finally:
             self.run.finish()

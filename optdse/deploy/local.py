@@ -28,7 +28,7 @@ import grpc
 import psutil
 
 from optdse.config import ServerConfig
-from optdse.deploy.base import DeployError, Endpoint, ResourceSample
+from optdse.deploy.base import DeployError, Endpoint, ReplicaChecks, ResourceSample
 from optdse.deploy.cgroups import Cgroup, CgroupDriver
 from optdse.deploy.runs import Run, remove_run_groups
 from optdse.protos import STATUS_AVAILABLE, get_model_status_pb2, model_service_pb2_grpc
@@ -137,8 +137,13 @@ class Replica:
     def endpoint(self) -> Endpoint:
         return Endpoint(replica=int(self.name.rsplit("-", 1)[1]), host=HOST, port=self.port, rest_port=self.rest_port)
 
-    def alive(self) -> bool:
+    def alive(self, fresh: bool = True) -> bool:
+        """Whether the process runs (always a fresh answer: a poll is cheap)."""
         return self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, by the pid this backend started (the chaos option)."""
+        self.process.kill()
 
     def failure(self) -> DeployError:
         """Why this replica is dead, as precisely as the kernel tells."""
@@ -222,7 +227,7 @@ def stop_replicas(replicas: list[Replica], grace: float = 10.0) -> None:
         replica.reap(deadline)
 
 
-class LocalBackend:
+class LocalBackend(ReplicaChecks):
     """Replicas as local processes; see the module docstring for the limits' timing and parking."""
 
     name = "local"
@@ -308,27 +313,10 @@ class LocalBackend:
             if replica.cgroup is not None:
                 replica.cgroup.reset_peak()
 
-    def check(self) -> list[str]:
-        killed = [replica for replica in self.replicas if replica.name in self._killed]
-        for replica in killed:  # stop() reaps it and removes its cgroup
+    def _drop(self, replicas: list[Replica]) -> None:
+        for replica in list(replicas):  # stop() reaps it and removes its cgroup
             replica.stop()
             self.replicas.remove(replica)
-        self._killed.clear()
-        for replica in self.replicas:
-            if not replica.alive():
-                error = replica.failure()
-                replica.stop()
-                self.replicas.remove(replica)
-                raise error
-        return [replica.name for replica in killed]
-
-    def kill_replica(self) -> str:
-        if not self.replicas:
-            raise DeployError("chaos", "no replica to kill")
-        replica = self.replicas[-1]
-        self._killed.add(replica.name)
-        replica.process.kill()  # SIGKILL, by the pid this backend started
-        return replica.name
 
     def _stop_all(self) -> None:
         replicas, self.replicas, self.parked = self.replicas + self.parked, [], []

@@ -15,6 +15,7 @@ import pytest
 from optdse.deploy.base import DeployError
 from optdse.deploy.cgroups import CgroupDriver
 from optdse.deploy.docker import docker_client
+from optdse.deploy.local import LocalBackend
 from optdse.deploy.swarm import ensure_swarm
 from tests.serving_process import optdse_command
 
@@ -69,6 +70,16 @@ def cgroup_driver() -> CgroupDriver:
             pytest.fail(f"cgroups are required under CI: {why_not}")
         pytest.skip(f"cgroups not writable here: {why_not}")
     return driver
+
+
+@pytest.fixture
+def local(mnist_base_path: Path, cgroup_driver: CgroupDriver, monkeypatch: pytest.MonkeyPatch,
+          tmp_path: Path) -> Iterator[LocalBackend]:
+    """A local backend with a state directory of its own, closed after the test."""
+    monkeypatch.setenv("OPTDSE_STATE_DIR", str(tmp_path / "state"))
+    backend = LocalBackend(mnist_base_path, warn=pytest.fail)
+    yield backend
+    backend.close()
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,15 +46,6 @@ def test_measure_json_reports_every_figure(project: Path, cgroup_driver: CgroupD
 def test_measure_rejects_a_bad_value_with_exit_2(project: Path, option: str, value: str, message: str) -> None:
     done = optdse(project, "measure", option, value)
     assert done.returncode == 2 and message in done.stderr
-
-
-@pytest.fixture
-def local(mnist_base_path: Path, cgroup_driver: CgroupDriver, monkeypatch: pytest.MonkeyPatch,
-          tmp_path: Path) -> Iterator[LocalBackend]:
-    monkeypatch.setenv("OPTDSE_STATE_DIR", str(tmp_path / "state"))
-    backend = LocalBackend(mnist_base_path, warn=pytest.fail)
-    yield backend
-    backend.close()
 
 
 def _art(backend: LocalBackend, replicas: int, cpus: float, threads: int, requests: int = 600) -> Measurement:

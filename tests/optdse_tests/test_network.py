@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -28,15 +27,6 @@ from optdse.payloads import build_payload
 from tests.optdse_tests.conftest import optdse
 
 DELAY_MS = 40.0
-
-
-@pytest.fixture
-def local(mnist_base_path: Path, cgroup_driver: CgroupDriver, monkeypatch: pytest.MonkeyPatch,
-          tmp_path: Path) -> Iterator[LocalBackend]:
-    monkeypatch.setenv("OPTDSE_STATE_DIR", str(tmp_path / "state"))
-    backend = LocalBackend(mnist_base_path, warn=pytest.fail)
-    yield backend
-    backend.close()
 
 
 def this_machines_method(run: Run) -> str:
