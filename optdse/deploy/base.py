@@ -81,16 +81,22 @@ class ReplicaChecks:
     def _drop(self, replicas: list) -> None:
         raise NotImplementedError
 
-    def check(self) -> list[str]:
+    def _drop_killed(self) -> list[str]:
+        """Stop and forget the replicas `kill_replica` killed; `apply` calls this too, in case
+        the trial failed before its `check`."""
         killed = [replica for replica in self.replicas if replica.name in self._killed]
         self._drop(killed)
         self._killed.clear()
+        return [replica.name for replica in killed]
+
+    def check(self) -> list[str]:
+        killed = self._drop_killed()
         for replica in list(self.replicas):
             if not replica.alive(fresh=True):
                 error = replica.failure()
                 self._drop([replica])
                 raise error
-        return [replica.name for replica in killed]
+        return killed
 
     def kill_replica(self) -> str:
         if not self.replicas:

@@ -247,6 +247,7 @@ class DockerBackend(ReplicaChecks):
         self._killed: set[str] = set()  # by kill_replica, not yet dropped by check
 
     def apply(self, server: ServerConfig) -> list[Endpoint]:
+        self._drop_killed()
         if self.current is not None and self.current.model != server.model:
             self._drop(self.replicas)
         if len(self.replicas) > server.replicas:

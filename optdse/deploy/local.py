@@ -251,6 +251,7 @@ class LocalBackend(ReplicaChecks):
         self._killed: set[str] = set()  # by kill_replica, not yet dropped by check
 
     def apply(self, server: ServerConfig) -> list[Endpoint]:
+        self._drop_killed()
         if self.current is not None and self.current.model != server.model:
             self._stop_all()
         if len(self.replicas) > server.replicas:

@@ -112,6 +112,7 @@ class SwarmBackend:
             raise DeployError("swarm", f"at most {REST_OFFSET - 1} replicas fit in a service's block of "
                                        f"loopback ports (asked for {server.replicas})")
         replaced: set[str] = set()
+        self._note_killed()  # in case the trial failed before its check
         try:
             if self.service is None:
                 self.base_port = _free_base_port()
@@ -206,6 +207,10 @@ class SwarmBackend:
     def check(self) -> list[str]:
         if self.current is not None and self.service is not None:
             self._raise_if_oom(self.current)
+        return self._note_killed()
+
+    def _note_killed(self) -> list[str]:
+        """Tasks `kill_replica` killed become lost: the next `apply` waits for their replacements."""
         killed = [f"task {slot}" for slot, _ in self._killed]
         for _, task_ids in self._killed:
             self._lost |= task_ids

@@ -132,6 +132,12 @@ class TestBackendContract:
         assert len(after) == 2 and after[0] == before[0] and after[1] != before[1]
         for endpoint in endpoints:
             wait_available(endpoint.target, "mnist", timeout=10)
+        backend.kill_replica()  # and a trial that failed before its check: apply still replaces it
+        endpoints = backend.apply(config(replicas=2))
+        assert len(endpoints) == 2 and len(set(backend.replica_ids()) - set(after)) == 1
+        assert backend.check() == []
+        for endpoint in endpoints:
+            wait_available(endpoint.target, "mnist", timeout=10)
 
     def test_too_little_memory_is_reported_as_oom_and_the_backend_goes_on(self, backend: Backend) -> None:
         with pytest.raises(DeployError) as caught:
