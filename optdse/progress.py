@@ -17,6 +17,13 @@ from optdse.spec import Study
 from optdse.study import FINISHED, TrialOutcome
 
 
+def _cell(value: object) -> str:
+    """3 significant digits, but whole numbers whole (1000 MB, not 1e+03)."""
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e9 else f"{value:.3g}"
+    return str(value)
+
+
 class StudyProgress:
     def __init__(self, console: Console, optuna_study: optuna.Study, study: Study, target: int) -> None:
         self.console = console
@@ -33,15 +40,20 @@ class StudyProgress:
     @staticmethod
     def pareto_table(optuna_study: optuna.Study, limit: int = 10) -> Table:
         frame = pareto_frame(optuna_study)
-        table = Table(title=f"Pareto front ({len(frame)} trials)", title_justify="left")
-        columns = [c for c in ("threads", "file_size", "replicas", "cpus", "memory_mb", "delay_ms", "jitter_ms",
-                               "loss_pct", "art_ms", "acu_cores") if c in frame.columns]
+        parameters = [c for c in ("threads", "file_size", "replicas", "cpus", "memory_mb", "delay_ms", "jitter_ms",
+                                  "loss_pct") if c in frame.columns]
+        # A parameter with one value on the whole front is said once, in the title, so the
+        # table fits a terminal (the network study has eight parameters).
+        same = [c for c in parameters if len(frame) > 1 and frame[c].nunique(dropna=False) == 1]
+        title = (f"Pareto front ({len(frame)} trials" + "".join(f"; {c} {_cell(frame[c].iloc[0])}" for c in same)
+                 + (" throughout)" if same else ")"))
+        table = Table(title=title, title_justify="left")
+        columns = [c for c in parameters if c not in same] + ["art_ms", "acu_cores"]
         table.add_column("trial", justify="right")
         for column in columns:
             table.add_column(column, justify="right")
         for row in frame.head(limit).to_dict("records"):
-            table.add_row(str(row["trial"]), *(f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c])
-                                               for c in columns))
+            table.add_row(str(row["trial"]), *(_cell(row[c]) for c in columns))
         return table
 
     def _render(self) -> Group:
