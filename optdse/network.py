@@ -66,6 +66,8 @@ class Link:
             except subprocess.TimeoutExpired:
                 relay.kill()
                 relay.wait()
+            if relay.stdout is not None:
+                relay.stdout.close()
             if self.run is not None:
                 self.run.forget_replica(f"relay-{relay.pid}")
         namespaces, self.namespaces = self.namespaces, []
@@ -121,11 +123,13 @@ def _start_relay(link: Link, upstreams: list[str], listen_host: str, network: Ne
     """Start optdse/relay.py for `upstreams` (host:port); return the ports it listens on."""
     routes = [{"listen": [listen_host, 0], "upstream": [host, int(port)]}
               for host, _, port in (target.rpartition(":") for target in upstreams)]
-    spec = {"routes": routes, "impairment": vars(Impairment(network.delay_ms, network.jitter_ms, network.loss_pct)), "seed": None, "parent": os.getpid(),
+    impairment = Impairment(network.delay_ms, network.jitter_ms, network.loss_pct)
+    spec = {"routes": routes, "impairment": vars(impairment), "seed": None, "parent": os.getpid(),
             "listen_netns": netns}
-    log = subprocess.DEVNULL if link.run is None else (link.run.directory / "relay.log").open("ab")
-    link.relay = subprocess.Popen([sys.executable, "-m", "optdse.relay", json.dumps(spec)], stdout=subprocess.PIPE,
-                                  stderr=log, stdin=subprocess.DEVNULL)
+    log_path = os.devnull if link.run is None else link.run.directory / "relay.log"
+    with open(log_path, "ab") as log:  # the relay keeps its own copy of the descriptor
+        link.relay = subprocess.Popen([sys.executable, "-m", "optdse.relay", json.dumps(spec)],
+                                      stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
     if link.run is not None:
         link.run.record_process(f"relay-{link.relay.pid}", link.relay.pid)
     assert link.relay.stdout is not None
