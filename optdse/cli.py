@@ -24,6 +24,10 @@ from optdse.spec import MODELS
 console = Console(stderr=True, soft_wrap=True)  # log lines stay whole when piped
 
 
+def _warn(text: str) -> None:
+    console.print(f"[yellow]warning:[/] {text}")
+
+
 def _fail(command: str, message: str, code: int = 2) -> int:
     print(f"optdse {command}: error: {message}", file=sys.stderr)
     return code
@@ -63,20 +67,19 @@ def _backend(name: str, model: str, swarm_init: bool = False, image: str = "host
     from optdse.models import ensure_model
 
     base_path = ensure_model(model, console)
-    warn = lambda text: console.print(f"[yellow]warning:[/] {text}")
     if name == "swarm":
         from optdse.deploy.swarm import SwarmBackend
 
-        return SwarmBackend(base_path, warn=warn, swarm_init=swarm_init, image=image)
+        return SwarmBackend(base_path, warn=_warn, swarm_init=swarm_init, image=image)
     if name == "docker":
         from optdse.deploy.docker import DockerBackend
 
-        return DockerBackend(base_path, warn=warn, image=image)
+        return DockerBackend(base_path, warn=_warn, image=image)
     from optdse.deploy.local import LocalBackend
 
     # OPTDSE_PARK_IDLE=0: stop replicas a trial no longer needs (gives their memory back)
     # instead of parking them for a later trial.
-    return LocalBackend(base_path, warn=warn, park_idle=os.environ.get("OPTDSE_PARK_IDLE", "1") != "0")
+    return LocalBackend(base_path, warn=_warn, park_idle=os.environ.get("OPTDSE_PARK_IDLE", "1") != "0")
 
 
 def _study(args: argparse.Namespace) -> int:
@@ -184,7 +187,7 @@ def _measure(args: argparse.Namespace) -> int:
         return _fail("measure", error.message, code=1)
     try:
         with console.status(f"measuring {config.describe()} ..."):
-            result = measure(backend, config, warn=lambda text: console.print(f"[yellow]warning:[/] {text}"))
+            result = measure(backend, config, warn=_warn)
     except (DeployError, MeasureError) as error:
         return _fail("measure", f"{error.reason}: {error.message}", code=1)
     except KeyboardInterrupt:

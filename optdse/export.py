@@ -17,11 +17,8 @@ def trial_parameters(trial: optuna.trial.FrozenTrial) -> dict[str, object]:
     """Every parameter of the trial's configuration: the suggested ones and the fixed ones
     (stored as `fixed_NAME` user attrs, since Optuna does not record unsuggested values),
     and the network's where its space has a network block."""
-    values = {name: trial.params.get(name, trial.user_attrs.get(f"fixed_{name}")) for name in PARAMETERS}
-    for name in NETWORK_PARAMETERS:
-        if name in trial.params or f"fixed_{name}" in trial.user_attrs:
-            values[name] = trial.params.get(name, trial.user_attrs.get(f"fixed_{name}"))
-    return values
+    network = [name for name in NETWORK_PARAMETERS if name in trial.params or f"fixed_{name}" in trial.user_attrs]
+    return {name: trial.params.get(name, trial.user_attrs.get(f"fixed_{name}")) for name in [*PARAMETERS, *network]}
 
 
 def parameter_columns(rows: list[dict[str, object]]) -> list[str]:

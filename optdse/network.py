@@ -72,13 +72,18 @@ class Link:
                 self.run.forget_replica(f"relay-{relay.pid}")
         namespaces, self.namespaces = self.namespaces, []
         for name in reversed(namespaces):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+            _delete_namespace(name)
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _delete_namespace(name: str) -> bool:
+    """`ip netns del NAME` (its veth pair goes with it); False if it failed or was gone."""
+    return subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False).returncode == 0
 
 
 def _ip(*args: str, netns: str | None = None) -> None:
@@ -115,7 +120,7 @@ def netem_support(run_id: str) -> str | None:
     except FileNotFoundError as error:  # no ip/tc binary
         return str(error)
     finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+        _delete_namespace(name)
 
 
 def _start_relay(link: Link, upstreams: list[str], listen_host: str, network: NetworkConfig,
@@ -196,7 +201,7 @@ def clean_stale_namespaces(live_runs: set[str]) -> list[str]:
         run_id = path.name[len(PREFIX):].rsplit("-", 1)[0]
         if run_id in live_runs or run_owner_alive(run_id):
             continue
-        if subprocess.run(["ip", "netns", "del", path.name], capture_output=True, check=False).returncode == 0:
+        if _delete_namespace(path.name):
             removed.append(path.name)
     return removed
 

@@ -270,8 +270,7 @@ class LocalBackend(ReplicaChecks):
             except OSError:
                 # The kernel refuses a memory limit below what the replica uses now (EBUSY):
                 # start it afresh under the new limit instead.
-                replica.stop()
-                self.replicas.remove(replica)
+                self._drop([replica])
         self._start(server, server.replicas - len(self.replicas))
         self.current = server
         self.check()
@@ -315,8 +314,9 @@ class LocalBackend(ReplicaChecks):
                 replica.cgroup.reset_peak()
 
     def _drop(self, replicas: list[Replica]) -> None:
-        for replica in list(replicas):  # stop() reaps it and removes its cgroup
-            replica.stop()
+        replicas = list(replicas)
+        stop_replicas(replicas)  # together: one grace period; each reaped, its cgroup removed
+        for replica in replicas:
             self.replicas.remove(replica)
 
     def _stop_all(self) -> None:

@@ -52,13 +52,14 @@ class Run:
         (directory / "owner.json").write_text(json.dumps({"pid": me.pid, "create_time": me.create_time()}))
         return cls(run_id, directory)
 
-    def record_replica(self, name: str, pid: int, port: int, cgroup: str | None) -> None:
-        info = {"pid": pid, "create_time": psutil.Process(pid).create_time(), "port": port, "cgroup": cgroup}
+    def record_process(self, name: str, pid: int, **details: object) -> None:
+        """A process this run started and `optdse clean` must stop (a replica, the network
+        relay), identified by pid and start time, with `details` for people reading the record."""
+        info = {"pid": pid, "create_time": psutil.Process(pid).create_time(), **details}
         (self.directory / f"{name}.json").write_text(json.dumps(info))
 
-    def record_process(self, name: str, pid: int) -> None:
-        """Any other process this run started and `optdse clean` must stop (the network relay)."""
-        (self.directory / f"{name}.json").write_text(json.dumps({"pid": pid, "create_time": psutil.Process(pid).create_time()}))
+    def record_replica(self, name: str, pid: int, port: int, cgroup: str | None) -> None:
+        self.record_process(name, pid, port=port, cgroup=cgroup)
 
     def forget_replica(self, name: str) -> None:
         (self.directory / f"{name}.json").unlink(missing_ok=True)
