@@ -46,7 +46,9 @@ def test_a_grid_is_measured_once_per_point_resumes_after_ctrl_c_and_overlays_the
     run = subprocess.Popen([*optdse_command(), "grid", "g", "--levels", "2"], cwd=project,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while not any(t.state == TrialState.RUNNING for t in _trials_or_none(project)[1:]):
+    # Wait until the second trial is being measured ("config" is set after ask() returns): a
+    # Ctrl-C inside ask() leaves the trial RUNNING, to be failed as abandoned on resume instead.
+    while not any(t.state == TrialState.RUNNING and "config" in t.user_attrs for t in _trials_or_none(project)[1:]):
         assert run.poll() is None and time.monotonic() < deadline, run.communicate()
         time.sleep(0.2)
     run.send_signal(signal.SIGINT)  # mid-grid, during the second trial
