@@ -18,7 +18,7 @@ from typing import Any
 
 from rich.console import Console
 
-from optdse.config import NETWORK_METHODS, PROTOCOLS
+from optdse.config import GRACE_HEARTBEATS, HEARTBEAT_S, NETWORK_METHODS, PROTOCOLS
 from optdse.spec import MODELS
 
 console = Console(stderr=True, soft_wrap=True)  # log lines stay whole when piped
@@ -61,16 +61,17 @@ def _model_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _backend(name: str, model: str, swarm_init: bool = False, image: str = "host-python") -> Any:
+def _backend(name: str, model: str, args: argparse.Namespace, image: str = "host-python") -> Any:
     """The named backend, ready to deploy `model` (exported on first use) from `image`
-    (docker and swarm only)."""
+    (docker and swarm only), with the command line's swarm options."""
     from optdse.models import ensure_model
 
     base_path = ensure_model(model, console)
     if name == "swarm":
         from optdse.deploy.swarm import SwarmBackend
 
-        return SwarmBackend(base_path, warn=_warn, swarm_init=swarm_init, image=image)
+        return SwarmBackend(base_path, warn=_warn, swarm_init=args.swarm_init, image=image,
+                            engines=dict(args.swarm_engine or []))
     if name == "docker":
         from optdse.deploy.docker import DockerBackend
 
@@ -82,22 +83,21 @@ def _backend(name: str, model: str, swarm_init: bool = False, image: str = "host
     return LocalBackend(base_path, warn=_warn, park_idle=os.environ.get("OPTDSE_PARK_IDLE", "1") != "0")
 
 
-def _study(args: argparse.Namespace) -> int:
-    from optdse.study import enqueue_seed_points, open_study
+def _study(args: argparse.Namespace, command: str = "study") -> int:
+    from optdse.study import open_study
 
-    def prepare(study: Any, storage: str) -> tuple[Any, int]:
-        optuna_study = open_study(study, storage)
+    def prepare(study: Any, storage: Any) -> tuple[Any, int]:
+        optuna_study = open_study(study, storage, seed=True)
         _resume(optuna_study)
-        enqueue_seed_points(optuna_study, study)
         return optuna_study, args.trials or study.spec.trials
 
-    return _run_trials("study", args, prepare)
+    return _run_trials(command, args, prepare)
 
 
 def _grid(args: argparse.Namespace) -> int:
-    from optdse.grid import finished_target, grid_size, grid_space, open_grid_study, retry_interrupted
+    from optdse.grid import grid_size, grid_space, open_grid_study, retry_interrupted
 
-    def prepare(study: Any, storage: str) -> tuple[Any, int]:
+    def prepare(study: Any, storage: Any) -> tuple[Any, int]:
         grid = open_grid_study(study, storage, args.levels)
         _resume(grid)
         retried = retry_interrupted(grid)
@@ -107,47 +107,82 @@ def _grid(args: argparse.Namespace) -> int:
         size = grid_size(space)
         console.print(f"grid of {study.name}: {size} configurations ("
                       + " x ".join(f"{len(v)} {k}" for k, v in space.items()) + ")")
-        return grid, finished_target(grid, size)
+        return grid, size
 
     return _run_trials("grid", args, prepare)
 
 
+def _worker(args: argparse.Namespace) -> int:
+    """`optdse study` for one of several hosts sharing a storage: the same trial loop."""
+    return _study(args, command="worker")
+
+
 def _resume(optuna_study: Any) -> None:
-    from optdse.study import fail_abandoned
+    from optdse.study import fail_lost
 
-    abandoned = fail_abandoned(optuna_study)
-    if abandoned:
-        console.print(f"resuming: trials {abandoned} were left RUNNING by a killed run; marked FAIL (abandoned)")
+    lost = fail_lost(optuna_study)
+    if lost:
+        console.print(f"resuming: trials {lost} were left RUNNING by a worker that is gone; "
+                      "marked FAIL (abandoned) and enqueued again")
 
 
-def _run_trials(command: str, args: argparse.Namespace, prepare: Callable[[Any, str], tuple[Any, int]]) -> int:
-    """What `study` and `grid` share: load the study file, open its storage, deploy, run the
-    trials with a progress bar, stop everything on Ctrl-C, print the front."""
-    from optdse.deploy.base import DeployError
-    from optdse.progress import StudyProgress
+def _shown(url: str) -> str:
+    """A storage URL as printed: without its password."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001  # not an SQLAlchemy URL (a journal file, say): nothing to hide
+        return url
+
+
+def _run_trials(command: str, args: argparse.Namespace, prepare: Callable[[Any, Any], tuple[Any, int]]) -> int:
+    """What `study`, `worker` and `grid` share: load the study file, open its storage, take
+    this host's measuring lock, deploy, run the trials with a progress bar, stop everything on
+    Ctrl-C, print the front."""
+    from optdse.deploy.runs import measuring_lock, other_live_runs
     from optdse.spec import SpecError, load_study
-    from optdse.study import default_storage, repeatability, run_study
+    from optdse.study import default_storage, open_storage
 
     try:
         study = load_study(args.name).with_load(args.requests, args.duration, args.repeats)
     except SpecError as error:
         return _fail(command, str(error))
-    storage = args.storage or default_storage()
+    url = args.storage or default_storage()
     try:
-        optuna_study, target = prepare(study, storage)
+        optuna_study, target = prepare(study, open_storage(url, args.heartbeat))
     except ValueError as error:  # objectives or grid levels differ from the stored study's
         return _fail(command, str(error))
     except Exception as error:  # noqa: BLE001  # a URL Optuna/SQLAlchemy cannot open: say which, no traceback
-        return _cannot_open(command, storage, error)
+        return _cannot_open(command, url, error)
+    with measuring_lock() as alone:
+        if not alone:
+            others = other_live_runs()
+            already = (f"optdse process {', '.join(map(str, others))}" if others else "another optdse process") + \
+                " is already running trials on this host"
+            if not args.share_host:
+                return _fail(command, f"{already}; trials measured at the same time share the host's CPUs and "
+                                      "falsify ART and ACU. Run one worker per host, or pass --share-host to run "
+                                      "anyway (each trial then records host_shared_with)", code=1)
+            _warn(f"{already} (--share-host): concurrent trials share the CPUs, so ART and ACU are not "
+                  "those of the configuration alone; each trial records host_shared_with")
+        return _measure_trials(command, args, study, url, optuna_study, target)
+
+
+def _measure_trials(command: str, args: argparse.Namespace, study: Any, url: str, optuna_study: Any,
+                    target: int) -> int:
+    from optdse.deploy.base import DeployError
+    from optdse.progress import StudyProgress
+    from optdse.study import repeatability, run_study
+
     _interrupt_on_signals()
     try:
-        backend = _backend(args.backend or study.spec.backend, study.spec.model, args.swarm_init,
-                           args.image or study.spec.image)
+        backend = _backend(args.backend or study.spec.backend, study.spec.model, args, args.image or study.spec.image)
     except DeployError as error:
         return _fail(command, error.message, code=1)
     try:
         with StudyProgress(console, optuna_study, study, target) as progress:
-            run_study(study, storage, backend, trials=target, on_trial=progress.trial_done, optuna_study=optuna_study)
+            run_study(optuna_study, study, backend, target, progress)
     except KeyboardInterrupt:
         console.print("interrupted: the current trial is recorded as FAIL (interrupted); "
                       "run the same command again to resume")
@@ -164,9 +199,9 @@ def _run_trials(command: str, args: argparse.Namespace, prepare: Callable[[Any, 
         trials, repeats, art_cv, acu_cv = noise
         console.print(f"repeatability: {trials} trials measured {repeats} times in a row; median coefficient of "
                       f"variation ART {art_cv:.1%}, ACU {acu_cv:.1%} (differences smaller than a few CVs are noise)")
-    console.print(f"storage: {storage}\n  optdse report {study.name} --output report.html"
-                  f"\n  optdse dashboard {study.name}\n  optdse export {study.name} --pareto pareto.csv"
-                  + (f" --storage {storage}" if args.storage else ""))
+    option = f" --storage {_shown(url)}" if args.storage else ""
+    console.print(f"storage: {_shown(url)}\n  optdse report {study.name} --output report.html{option}"
+                  f"\n  optdse dashboard {study.name}{option}\n  optdse export {study.name} --pareto pareto.csv{option}")
     return 0
 
 
@@ -182,7 +217,7 @@ def _measure(args: argparse.Namespace) -> int:
                                  retries=args.retries, chaos_kill_after_s=args.kill_replica_after))
     _interrupt_on_signals()
     try:
-        backend = _backend(args.backend, args.model, args.swarm_init, args.image)
+        backend = _backend(args.backend, args.model, args, args.image)
     except DeployError as error:
         return _fail("measure", error.message, code=1)
     try:
@@ -205,7 +240,7 @@ def _measure(args: argparse.Namespace) -> int:
 
 
 def _cannot_open(command: str, storage: str, error: Exception) -> int:
-    return _fail(command, f"--storage {storage}: cannot open it ({type(error).__name__}: {error})")
+    return _fail(command, f"--storage {_shown(storage)}: cannot open it ({type(error).__name__}: {error})")
 
 
 def _stored_study(command: str, args: argparse.Namespace) -> tuple[Any, str] | int:
@@ -329,10 +364,33 @@ _percent = _checked(float, lambda v: 0 <= v <= 100, "must be a percentage from 0
 _cpus = _checked(float, lambda v: 0.01 <= v <= 64, "must be between 0.01 and 64 cores")
 
 
+def _node_engine(text: str) -> tuple[str, str]:
+    node, _, url = text.partition("=")
+    if not node or not url:
+        raise argparse.ArgumentTypeError(f"must be NODE=URL, e.g. worker-1=ssh://root@worker-1 (got {text})")
+    return node, url
+
+
+def _add_swarm_engine_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--swarm-engine", type=_node_engine, action="append", metavar="NODE=URL",
+                        help="swarm: the Docker engine of node NODE (its hostname), e.g. ssh://root@NODE, through "
+                             "which the CPU of its tasks is read; needed for every serving node but this one "
+                             "(repeat the option per node)")
+
+
 def _add_trial_options(parser: argparse.ArgumentParser) -> None:
     """The options of the commands that run trials (study, grid)."""
     parser.add_argument("name", help="study name (studies/NAME.yaml) or a path to a study file")
-    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///results/optdse.db)")
+    worker = parser.prog.endswith(" worker")
+    parser.add_argument("--storage", required=worker,
+                        help="Optuna storage URL, e.g. postgresql://user:password@db-host/optdse to share the study "
+                             "with workers on other hosts" + ("" if worker else " (default: sqlite:///results/optdse.db)"))
+    parser.add_argument("--heartbeat", type=_positive_int, default=HEARTBEAT_S, metavar="SECONDS",
+                        help=f"seconds between a running trial's heartbeats in the storage; a trial without one for "
+                             f"{GRACE_HEARTBEATS} heartbeats is failed and measured again (default {HEARTBEAT_S})")
+    parser.add_argument("--share-host", action="store_true",
+                        help="run trials even if another optdse process is running trials on this host (they share "
+                             "its CPUs, which falsifies ART and ACU; the trials record it)")
     parser.add_argument("--requests", type=_positive_int, help="requests per trial (default: the study file's)")
     parser.add_argument("--duration", type=_positive_float, metavar="SECONDS",
                         help="stop each trial's load after this long (default: the study file's duration_s)")
@@ -341,6 +399,7 @@ def _add_trial_options(parser: argparse.ArgumentParser) -> None:
                              "trial records the coefficient of variation of ART and ACU (default: the study file's, 1)")
     parser.add_argument("--backend", choices=["local", "docker", "swarm"],
                         help="where replicas run (default: the study file's)")
+    _add_swarm_engine_option(parser)
     parser.add_argument("--swarm-init", action="store_true",
                         help="swarm: initialise a single-node swarm on 127.0.0.1 if this engine is in none")
     parser.add_argument("--image", help="docker/swarm: the serving image (default: the study file's, host-python)")
@@ -354,6 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--trials", type=_positive_int, help="finished trials to reach (default: the study file's)")
     _add_trial_options(study)
     study.set_defaults(run=_study)
+
+    worker = commands.add_parser("worker", help="run trials of study NAME in a shared storage, with workers on other "
+                                                "hosts (creates the study if it does not exist)")
+    worker.add_argument("--trials", type=_positive_int,
+                        help="finished trials the study must reach, counting every worker's (default: the study file's)")
+    _add_trial_options(worker)
+    worker.set_defaults(run=_worker)
 
     grid = commands.add_parser("grid", help="measure the study's search space exhaustively (the baseline), "
                                             "as study NAME-grid in the same storage")
@@ -390,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="chaos: kill one replica this long into the load")
     measure.add_argument("--backend", choices=["local", "docker", "swarm"], default="local")
     measure.add_argument("--swarm-init", action="store_true", help="swarm: initialise a single-node swarm on 127.0.0.1")
+    _add_swarm_engine_option(measure)
     measure.add_argument("--image", default="host-python",
                          help="docker/swarm: host-python, an optdse.serve image or tensorflow/serving")
     measure.add_argument("--json", action="store_true", help="print one JSON object")

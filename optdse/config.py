@@ -14,6 +14,10 @@ ProtocolName = Literal["grpc", "rest"]
 PROTOCOLS: tuple[ProtocolName, ...] = ("grpc", "rest")
 #: How optdse/network.py impairs the link: netem where the kernel has it, else its relay.
 NetworkMethod = Literal["auto", "netem", "proxy"]
+#: Seconds between a running trial's heartbeats in an RDB storage (Optuna's heartbeat); a trial
+#: that misses GRACE_HEARTBEATS in a row is failed as abandoned and measured again.
+HEARTBEAT_S = 10
+GRACE_HEARTBEATS = 3
 NETWORK_METHODS: tuple[NetworkMethod, ...] = ("auto", "netem", "proxy")
 
 

@@ -22,7 +22,9 @@ def trial_note(config: Config, result: Measurement) -> str:
         f"| ART | {result.art_ms:.3f} ms |",
         f"| p50 / p95 / p99 | {result.p50_ms:.3f} / {result.p95_ms:.3f} / {result.p99_ms:.3f} ms |",
         f"| throughput | {result.throughput_rps:.1f} req/s |",
-        f"| ACU (replicas) | {result.acu_cores:.3f} cores |",
+        f"| ACU (replicas) | {result.acu_cores:.3f} cores"
+        + (" (" + ", ".join(f"{node} {acu:.3f}" for node, acu in result.acu_by_node.items()) + ")"
+           if len(result.acu_by_node) > 1 else "") + " |",
         f"| memory peak (largest replica) | {result.mem_peak_mb:.0f} MB |",
         f"| errors | {result.errors} of {result.requests_sent} ({result.error_rate:.2%})"
         + (f": {', '.join(f'{code} x{n}' for code, n in result.error_codes.items())}" if result.error_codes else "")

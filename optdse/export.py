@@ -36,12 +36,13 @@ def pareto_frame(study: optuna.Study) -> pd.DataFrame:
         for name in FIGURES:
             row[name] = trial.user_attrs.get(name)
         row["energy_is_estimate"] = trial.user_attrs.get("energy_is_estimate")
+        row["host"] = trial.user_attrs.get("host")  # which worker's host measured it
         if any(name in row for name in NETWORK_PARAMETERS):  # a network study: how, and what it cost
             row["error_rate"] = trial.user_attrs.get("error_rate")
             row["network_method"] = trial.user_attrs.get("network_method")
         rows.append(row)
     network = ["error_rate", "network_method"] if any("network_method" in row for row in rows) else []
-    columns = ["trial", *parameter_columns(rows), *FIGURES, "energy_is_estimate", *network]
+    columns = ["trial", *parameter_columns(rows), *FIGURES, "energy_is_estimate", "host", *network]
     return pd.DataFrame(rows, columns=columns).sort_values("art_ms", ignore_index=True)
 
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import optuna
 from optuna.samplers import GridSampler
+from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from optdse.spec import INTEGER_PARAMETERS, Range, Study
@@ -42,7 +43,8 @@ class AskTellGridSampler(GridSampler):
     Optuna's GridSampler shuffles the points (so distributed workers rarely collide) and calls
     `study.stop()` after the last one, which only works inside `study.optimize`. A grid runs
     in one process, so the points are sorted instead, and the trial loop counts them itself
-    (`finished_target`), so nothing needs stopping. The sort uses GridSampler's point list,
+    (a grid of N points is N finished trials, retried ones replaced by their retries), so
+    nothing needs stopping. The sort uses GridSampler's point list,
     an internal of optuna 5.0 (pinned); a test checks the order."""
 
     def __init__(self, search_space: dict[str, list[float]], seed: int | None = None) -> None:
@@ -80,7 +82,7 @@ def grid_name(study: Study) -> str:
     return f"{study.name}-grid"
 
 
-def open_grid_study(study: Study, storage: str, levels: int) -> optuna.Study:
+def open_grid_study(study: Study, storage: str | BaseStorage, levels: int) -> optuna.Study:
     """The NAME-grid study with its GridSampler; the levels are stored, and a different
     --levels for an existing grid is refused (its points would not be one grid)."""
     space = grid_space(study, levels)
@@ -96,7 +98,8 @@ def open_grid_study(study: Study, storage: str, levels: int) -> optuna.Study:
 
 
 def retry_interrupted(grid: optuna.Study) -> int:
-    """Enqueue again each grid point whose trial was interrupted or abandoned (once)."""
+    """Enqueue again each grid point whose trial was interrupted or abandoned (once; the
+    study's `fail_lost` already enqueues the abandoned ones it finds)."""
     retried = {t.user_attrs.get("retry_of") for t in grid.get_trials(deepcopy=False)}
     count = 0
     for trial in grid.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
@@ -106,12 +109,5 @@ def retry_interrupted(grid: optuna.Study) -> int:
     return count
 
 
-def finished_target(grid: optuna.Study, size: int) -> int:
-    """Finished trials the grid needs: every point once, plus the trials that must be retried."""
-    redo = sum(1 for t in grid.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-               if t.user_attrs.get("fail_reason") in RETRIED)
-    return size + redo
-
-
-__all__ = ["DEPLOYMENT_ORDER", "AskTellGridSampler", "finished_target", "grid_name", "grid_size", "grid_space", "levels_of", "open_grid_study",
+__all__ = ["DEPLOYMENT_ORDER", "AskTellGridSampler", "grid_name", "grid_size", "grid_space", "levels_of", "open_grid_study",
            "retry_interrupted"]

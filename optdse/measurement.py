@@ -107,6 +107,7 @@ class Measurement:
     deadline_ms: float = 30_000.0  # per request; later answers count as errors
     retried_requests: int = 0     # requests sent again to another replica after a refusal
     replicas_killed: list[str] = field(default_factory=list)  # by the chaos option, during the load
+    acu_by_node: dict[str, float] = field(default_factory=dict)  # ACU of the replicas on each host (swarm nodes)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -150,7 +151,9 @@ def summarize(load: LoadResult, samples: Samples, window: Window, memory_peaks: 
         client_busiest_worker_cores=load.busiest_worker_cores, client_processes=len(load.client_cpu_seconds),
         accounting=accounting, limits_enforced=limits_enforced, warnings=warnings,
         window_start_s=round(window.start - load.started, 4), window_end_s=round(window.end - load.started, 4),
-        timeseries=timeseries(load, samples, window), retried_requests=load.retried)
+        timeseries=timeseries(load, samples, window), retried_requests=load.retried,
+        acu_by_node={node: round(seconds / window.seconds, 4) if window.seconds > 0 else 0.0
+                     for node, seconds in samples.cpu_between_by_node(window.start, window.end).items()})
 
 
 def coefficient_of_variation(values: list[float]) -> float:

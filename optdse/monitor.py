@@ -8,6 +8,7 @@ length. The same samples give the per-second time series.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,17 +44,46 @@ class Samples:
     cpu_seconds: np.ndarray      # summed over replicas, cumulative
     memory_bytes: np.ndarray     # summed over replicas
     rapl_joules: np.ndarray | None  # cumulative package energy (whole machine), if readable
+    cpu_by_node: dict[str, np.ndarray]  # cpu_seconds split by the host the replicas run on
 
     def cpu_between(self, start: float, end: float) -> float:
         """CPU seconds the replicas used in [start, end], by linear interpolation."""
-        start_cpu, end_cpu = np.interp([start, end], self.time, self.cpu_seconds)
-        return float(end_cpu - start_cpu)
+        return _between(self.time, self.cpu_seconds, start, end)
+
+    def cpu_between_by_node(self, start: float, end: float) -> dict[str, float]:
+        """`cpu_between` for the replicas of each node (swarm); one node for the other backends."""
+        return {node: _between(self.time, cpu, start, end) for node, cpu in self.cpu_by_node.items()}
 
     def joules_between(self, start: float, end: float) -> float | None:
         if self.rapl_joules is None:
             return None
         a, b = np.interp([start, end], self.time, self.rapl_joules)
         return float(b - a)
+
+
+def _between(time: np.ndarray, cumulative: np.ndarray, start: float, end: float) -> float:
+    a, b = np.interp([start, end], time, cumulative)
+    return float(b - a)
+
+
+def _by_node(samples: list[ResourceSample]) -> dict[str, np.ndarray]:
+    """Each node's cumulative replica CPU per sample. A node missing from a sample (its last
+    replica was just replaced) keeps its previous figure."""
+    here = socket.gethostname()
+    rows = []
+    for sample in samples:
+        row: dict[str, float] = {}
+        for node, cpu in zip(sample.nodes or (here,) * len(sample.cpu_seconds), sample.cpu_seconds, strict=True):
+            row[node] = row.get(node, 0.0) + cpu
+        rows.append(row)
+    series: dict[str, np.ndarray] = {}
+    for node in sorted({node for row in rows for node in row}):
+        last, values = 0.0, []
+        for row in rows:
+            last = row.get(node, last)
+            values.append(last)
+        series[node] = np.array(values)
+    return series
 
 
 class Monitor:
@@ -100,6 +130,7 @@ class Monitor:
             cpu_seconds=np.array([sum(s.cpu_seconds) for s in self._samples]),
             memory_bytes=np.array([sum(s.memory_bytes) for s in self._samples], dtype=np.int64),
             rapl_joules=np.array(self._rapl) if self._rapl_files else None,
+            cpu_by_node=_by_node(self._samples),
         )
 
 

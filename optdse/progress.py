@@ -14,7 +14,7 @@ from rich.table import Table
 
 from optdse.export import pareto_frame
 from optdse.spec import Study
-from optdse.study import FINISHED, TrialOutcome
+from optdse.study import TrialOutcome, trial_counts
 
 
 def _cell(value: object) -> str:
@@ -30,11 +30,14 @@ class StudyProgress:
         self.optuna_study = optuna_study
         name = optuna_study.study_name  # NAME, or NAME-grid for the grid baseline
         self.progress = Progress(TextColumn(f"[bold]{name}[/] trials"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console)
-        done = len(optuna_study.get_trials(deepcopy=False, states=FINISHED))
-        self.task = self.progress.add_task("trials", total=target, completed=min(done, target))
+                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.description}"),
+                                 console=console)
+        done, _ = trial_counts(optuna_study)
+        self.target = target
+        self._waiting_for = 0
+        self.task = self.progress.add_task("", total=target, completed=min(done, target))
         if done:
-            console.print(f"resuming {name}: {done} of {target} trials already finished")
+            console.print(f"{name}: {done} of {target} trials already finished (by an earlier run or other workers)")
         self.live = Live(self._render(), console=console, refresh_per_second=2, transient=True)
 
     @staticmethod
@@ -62,10 +65,34 @@ class StudyProgress:
     def trial_done(self, outcome: TrialOutcome) -> None:
         attrs = self.optuna_study.trials[outcome.number].user_attrs
         mark = "[green]ok[/]" if outcome.state == TrialState.COMPLETE else "[red]FAIL[/]"
-        self.console.print(f"trial {outcome.number:>3} {mark} {attrs.get('config', '')} -> {outcome.summary}")
+        retry = f" (retry of trial {attrs['retry_of']})" if "retry_of" in attrs else ""
+        self.console.print(f"trial {outcome.number:>3} {mark} {attrs.get('config', '')}{retry} -> {outcome.summary}")
         for warning in attrs.get("warnings", []):
             self.console.print(f"          [yellow]warning:[/] {warning}")
-        self.progress.advance(self.task)
+        self.progress.update(self.task, description="")
+        self._update()
+
+    def waiting(self, running: int) -> None:
+        """The missing trials are being measured by other workers: say so once, and show how
+        far the study is."""
+        if running != self._waiting_for:
+            self._waiting_for = running
+            self.console.print(f"waiting for {running} trial(s) of other workers: the study needs no more, "
+                               "unless one of them is lost (it is then measured here)")
+        self.progress.update(self.task, description=f"waiting for {running} trial(s) of other workers")
+        self._update()
+
+    def lost(self, numbers: list[int]) -> None:
+        for number in numbers:
+            attrs = self.optuna_study.trials[number].user_attrs
+            again = "a retry already, not measured again" if "retry_of" in attrs else "measured again"
+            self.console.print(f"trial {number:>3} [red]lost[/]: {attrs.get('fail_message', '')}; marked FAIL "
+                               f"(abandoned), {again}")
+        self._update()
+
+    def _update(self) -> None:
+        done, _ = trial_counts(self.optuna_study)  # other workers' trials count too
+        self.progress.update(self.task, completed=min(done, self.target))
         self.live.update(self._render())
 
     def __enter__(self) -> StudyProgress:

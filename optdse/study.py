@@ -5,6 +5,13 @@ configuration that fails is recorded FAIL with its reason (`fail_reason`, `fail_
 one that runs but exceeds the error-rate limit is COMPLETE but infeasible, through the
 samplers' constraints (what optuna-dashboard displays). Running the same study again resumes
 it: trials a killed run left RUNNING are failed first, then the missing trials are run.
+
+Several processes, on several hosts, can run trials of one study through one shared RDB
+storage (`optdse worker`, docs in README "Scaling out"). Every trial sends Optuna's RDB
+heartbeat while it is measured; a trial whose heartbeat stops (its worker crashed, or its host
+went away) is failed as `abandoned` by whichever worker notices first, and measured again
+once, as a new trial enqueued with the same parameters (`retry_of`). A failure that was
+retried does not count towards the study's number of trials: its retry does.
 """
 
 from __future__ import annotations
@@ -12,20 +19,23 @@ from __future__ import annotations
 import os
 import socket
 import statistics
+import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import optuna
 import psutil
 from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler, TPESampler
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled  # what Study.optimize uses
 from optuna.trial import FrozenTrial, TrialState
 from optuna_dashboard import save_note
 
-from optdse.config import Config
+from optdse.config import GRACE_HEARTBEATS, HEARTBEAT_S, Config
 from optdse.dashboard import failure_note, save_hypervolume_plot, trial_note
 from optdse.deploy.base import Backend, DeployError
-from optdse.deploy.runs import live_process
+from optdse.deploy.runs import live_process, other_live_runs
 from optdse.measurement import Measurement, combine_repeats
 from optdse.objective import MeasureError, measure
 from optdse.space import fixed_values, suggest
@@ -57,40 +67,99 @@ def make_sampler(study: Study) -> BaseSampler:
     return RandomSampler(seed=spec.seed)
 
 
-def open_study(study: Study, storage: str, name: str | None = None,
-               sampler: BaseSampler | None = None) -> optuna.Study:
-    """Create the study in `storage`, or load it if it exists (that is how a run resumes).
-    `name` and `sampler` default to the study file's (the grid baseline sets both)."""
+RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
+
+
+def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S) -> str | BaseStorage:
+    """The storage behind `url`: an RDB URL (SQLite, PostgreSQL, MySQL) gets Optuna's
+    heartbeat, so the trials of a worker that dies are found by the others; other URLs are
+    Optuna's to open (no heartbeat: only this host's dead runs are detected)."""
+    if url.split(":", 1)[0].split("+", 1)[0] not in RDB_SCHEMES:
+        return url
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
+        return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=GRACE_HEARTBEATS * heartbeat_s,
+                          engine_kwargs={"pool_pre_ping": True})
+
+
+def open_study(study: Study, storage: str | BaseStorage, name: str | None = None,
+               sampler: BaseSampler | None = None, seed: bool = False) -> optuna.Study:
+    """Create the study in `storage`, or load it if it exists (that is how a run resumes, and
+    how a worker joins). `name` and `sampler` default to the study file's (the grid baseline
+    sets both). With `seed`, the process that creates the study enqueues its start points
+    (`start_points`): creating is atomic in the storage, so workers starting together
+    enqueue them once."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = name or study.name
     directions = [o.direction for o in study.spec.objectives]
-    optuna_study = optuna.create_study(study_name=name, storage=storage, directions=directions,
-                                       sampler=sampler or make_sampler(study), load_if_exists=True)
+    sampler = sampler or make_sampler(study)
+    try:
+        optuna_study = optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        optuna_study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        created = False
     if [d.name.lower() for d in optuna_study.directions] != directions:
-        raise ValueError(f"study {name} in {storage} has objectives {optuna_study.directions}, "
+        raise ValueError(f"study {name} in {_url(storage)} has objectives {optuna_study.directions}, "
                          f"the study file asks for {directions}; use another --storage or study name")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna_study.set_metric_names([o.metric for o in study.spec.objectives])  # shown by the dashboard
+    if seed and created:
+        for point in start_points(study):
+            optuna_study.enqueue_trial(point, skip_if_exists=True)
     return optuna_study
 
 
-def fail_abandoned(optuna_study: optuna.Study) -> list[int]:
-    """Mark FAIL the RUNNING trials whose process (on this host) is gone; return their numbers."""
+def _url(storage: str | BaseStorage) -> str:
+    return storage if isinstance(storage, str) else str(getattr(storage, "url", storage))
+
+
+def fail_lost(optuna_study: optuna.Study) -> list[int]:
+    """Fail the RUNNING trials whose worker is gone, as `abandoned`, and enqueue each one again
+    (once: a retry that is lost too stays failed). Gone means: its heartbeat is older than the
+    grace period (any host), or it was measured on this host by a process that has exited
+    (found at once, without waiting for the grace period). Returns the failed trials' numbers.
+
+    Several workers may find the same trial: Optuna lets only one of them fail it, and only
+    that one enqueues the retry."""
+    storage = optuna_study._storage  # noqa: SLF001  # Optuna has no public "fail this trial" for others' trials
+    stale = set(storage._get_stale_trial_ids(optuna_study._study_id)) if is_heartbeat_enabled(storage) else set()  # noqa: SLF001
     failed = []
     for trial in optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = trial.user_attrs
-        if attrs.get("host") == socket.gethostname() and _process_gone(attrs.get("pid"), attrs.get("pid_started")):
-            storage = optuna_study._storage  # noqa: SLF001  # Optuna has no public "fail this trial" for others' trials
+        here = attrs.get("host") == socket.gethostname()
+        if here and _process_gone(attrs.get("pid"), attrs.get("pid_started")):
+            why = f"its run (pid {attrs.get('pid')} on this host) was killed"
+        elif trial._trial_id in stale:  # noqa: SLF001
+            why = (f"its worker (pid {attrs.get('pid')} on host {attrs.get('host', '?')}) sent no heartbeat "
+                   f"for {storage.get_heartbeat_interval() * GRACE_HEARTBEATS} s")
+        else:
+            continue
+        try:
             storage.set_trial_user_attr(trial._trial_id, "fail_reason", "abandoned")  # noqa: SLF001
-            storage.set_trial_user_attr(trial._trial_id, "fail_message", "the run measuring it was killed")  # noqa: SLF001
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # noqa: SLF001
-            failed.append(trial.number)
+            storage.set_trial_user_attr(trial._trial_id, "fail_message", why)  # noqa: SLF001
+            if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):  # noqa: SLF001
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker failed it first
+        failed.append(trial.number)
+        if "retry_of" not in attrs:
+            optuna_study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
     return failed
 
 
 def _process_gone(pid: int | None, started: float | None) -> bool:
     return pid is None or live_process(pid, started or 0.0) is None
+
+
+def trial_counts(optuna_study: optuna.Study) -> tuple[int, int]:
+    """(finished, running): trials that count towards the study's target, and trials being
+    measured now (by any worker). A failed trial that a retry replaces does not count."""
+    trials = optuna_study.get_trials(deepcopy=False)
+    replaced = {t.user_attrs.get("retry_of") for t in trials}
+    finished = sum(1 for t in trials if t.state in FINISHED and t.number not in replaced)
+    return finished, sum(1 for t in trials if t.state == TrialState.RUNNING)
 
 
 @dataclass(frozen=True)
@@ -102,7 +171,16 @@ class TrialOutcome:
 
 
 def run_trial(optuna_study: optuna.Study, study: Study, backend: Backend) -> TrialOutcome:
-    trial = optuna_study.ask()
+    """Ask for one trial, measure it (sending heartbeats meanwhile) and tell its result."""
+    with warnings.catch_warnings():
+        # Optuna warns that heartbeats belong to Study.optimize; run_trial sends them itself.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        trial = optuna_study.ask()
+    with get_heartbeat_thread(trial._trial_id, optuna_study._storage):  # noqa: SLF001
+        return _measure_trial(optuna_study, trial, study, backend)
+
+
+def _measure_trial(optuna_study: optuna.Study, trial: optuna.Trial, study: Study, backend: Backend) -> TrialOutcome:
     config: Config | None = None
     try:  # from here on, whatever happens is recorded on the trial
         config = _configure(trial, study, backend)
@@ -142,12 +220,15 @@ def record_constraints(trial: optuna.Trial, values: list[float]) -> None:
 
 
 def _configure(trial: optuna.Trial, study: Study, backend: Backend) -> Config:
-    """The trial's configuration; records which process measures it, so a resumed study can
-    tell a trial whose run was killed from one still being measured."""
+    """The trial's configuration; records which process on which host measures it, so a
+    resumed study can tell a trial whose run was killed from one still being measured."""
     me = psutil.Process()
     for key, value in {"host": socket.gethostname(), "pid": me.pid, "pid_started": me.create_time(),
                        "backend": backend.name}.items():
         trial.set_user_attr(key, value)
+    others = other_live_runs()
+    if others:  # another optdse process has replicas on this host: this trial shares its CPUs
+        trial.set_user_attr("host_shared_with", others)
     config = suggest(trial, study)
     for name, value in fixed_values(study).items():
         trial.set_user_attr(f"fixed_{name}", value)
@@ -168,18 +249,46 @@ def _record_failure(optuna_study: optuna.Study, trial: optuna.Trial, error: Base
         pass
 
 
-def run_study(study: Study, storage: str, backend: Backend, trials: int | None = None,
-              on_trial: Callable[[TrialOutcome], None] | None = None,
-              optuna_study: optuna.Study | None = None) -> optuna.Study:
-    """Run trials until the study has `trials` finished ones (COMPLETE or FAIL)."""
-    optuna_study = optuna_study or open_study(study, storage)
-    target = trials or study.spec.trials
-    while len(optuna_study.get_trials(deepcopy=False, states=FINISHED)) < target:
+class TrialEvents(Protocol):
+    """What `run_study` tells whoever shows its progress (optdse.progress.StudyProgress)."""
+
+    def trial_done(self, outcome: TrialOutcome) -> None: ...
+
+    def waiting(self, running: int) -> None: ...
+
+    def lost(self, numbers: list[int]) -> None: ...
+
+
+def run_study(optuna_study: optuna.Study, study: Study, backend: Backend, target: int,
+              events: TrialEvents | None = None) -> None:
+    """Run trials until the study has `target` finished ones (COMPLETE or FAIL; see
+    `trial_counts`), together with whatever other workers share its storage.
+
+    When the trials still missing are all being measured elsewhere, this worker waits for them
+    rather than leaving: if one of those workers dies, its trial is failed and retried here.
+    Two workers that ask at the same instant for the last trial can overshoot the target by one."""
+    poll_s = _heartbeat_s(optuna_study) or 5
+    while True:
+        lost = fail_lost(optuna_study)
+        if lost and events:
+            events.lost(lost)
+        finished, running = trial_counts(optuna_study)
+        if finished >= target:
+            break
+        if finished + running >= target:
+            if events:
+                events.waiting(running)
+            time.sleep(poll_s)
+            continue
         outcome = run_trial(optuna_study, study, backend)
-        if on_trial:
-            on_trial(outcome)
+        if events:
+            events.trial_done(outcome)
     save_hypervolume_plot(optuna_study)
-    return optuna_study
+
+
+def _heartbeat_s(optuna_study: optuna.Study) -> int | None:
+    storage = optuna_study._storage  # noqa: SLF001
+    return storage.get_heartbeat_interval() if is_heartbeat_enabled(storage) else None
 
 
 def repeatability(optuna_study: optuna.Study) -> tuple[int, int, float, float] | None:
@@ -220,21 +329,10 @@ def start_points(study: Study) -> list[dict[str, float]]:
     return points
 
 
-def enqueue_seed_points(optuna_study: optuna.Study, study: Study) -> int:
-    """Enqueue `start_points`, once, into a study with no trials."""
-    if optuna_study.get_trials(deepcopy=False):
-        return 0
-    points = start_points(study)
-    for point in points:
-        optuna_study.enqueue_trial(point, skip_if_exists=True)
-    return len(points)
-
-
 def default_storage() -> str:
     os.makedirs("results", exist_ok=True)
     return "sqlite:///results/optdse.db"
 
 
-__all__ = ["START_LEVELS", "constraints", "default_storage", "enqueue_seed_points", "fail_abandoned",
-           "make_sampler", "open_study", "record_constraints", "repeatability", "run_study", "run_trial",
-           "start_points"]
+__all__ = ["START_LEVELS", "TrialEvents", "constraints", "default_storage", "fail_lost", "make_sampler", "open_storage", "open_study", "record_constraints", "repeatability", "run_study",
+           "run_trial", "start_points", "trial_counts"]

@@ -51,6 +51,7 @@ class ResourceSample:
     time: float
     cpu_seconds: tuple[float, ...]
     memory_bytes: tuple[int, ...]
+    nodes: tuple[str, ...] = ()  # the host of each replica (swarm); empty: all on this host
 
 
 class DeployError(RuntimeError):

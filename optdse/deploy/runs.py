@@ -9,10 +9,13 @@ against their start times, so a reused pid is never hit) and removes its cgroups
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +71,41 @@ class Run:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def measuring_lock() -> Iterator[bool]:
+    """This host's lock for running trials, held while the block runs: yields whether this
+    process got it. Trials measured at the same time on one host share its CPUs, which
+    falsifies both ART and ACU.
+
+    An flock on the state directory itself (no lock file to leave behind): the kernel drops
+    it when its holder exits, however it exits, so a killed worker never leaves the host
+    locked. `other_live_runs` says who holds it."""
+    root = state_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)  # close-on-exec: replicas do not inherit it
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def other_live_runs() -> list[int]:
+    """The pids of the other optdse processes on this host that have replicas deployed (their
+    runs in this state directory): a trial measured now shares the host with them."""
+    root = state_dir()
+    pids = []
+    for directory in root.iterdir() if root.is_dir() else []:
+        pid = int(directory.name.partition("-")[0]) if directory.name.partition("-")[0].isdigit() else None
+        if pid is not None and pid != os.getpid() and directory.is_dir() and _owner_alive(directory):
+            pids.append(pid)
+    return sorted(pids)
+
+
 @dataclass
 class CleanReport:
     runs: list[str] = field(default_factory=list)
@@ -108,7 +146,7 @@ def clean_stale_runs(driver: CgroupDriver | None) -> CleanReport:
     report = CleanReport()
     live = report.live
     root = state_dir()
-    for directory in sorted(root.iterdir()) if root.is_dir() else []:
+    for directory in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
         if _owner_alive(directory):
             live.add(directory.name)
             continue
@@ -146,7 +184,11 @@ def remove_run_groups(driver: CgroupDriver, run_id: str) -> tuple[list[int], lis
     stopped: list[int] = []
     removed: list[str] = []
     for run_dir in driver.run_dirs().get(run_id, set()):
-        for group in sorted(p for p in run_dir.iterdir() if p.is_dir()):
+        try:
+            groups = sorted(p for p in run_dir.iterdir() if p.is_dir())
+        except FileNotFoundError:  # removed meanwhile (its run was closing, or another `optdse clean` ran)
+            continue
+        for group in groups:
             try:
                 pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
             except FileNotFoundError:  # removed meanwhile (its run was closing)
@@ -163,4 +205,5 @@ def remove_run_groups(driver: CgroupDriver, run_id: str) -> tuple[list[int], lis
     return stopped, removed
 
 
-__all__ = ["CleanReport", "Run", "clean_stale_runs", "live_process", "remove_run_groups", "run_owner_alive", "state_dir"]
+__all__ = ["CleanReport", "Run", "clean_stale_runs", "live_process", "measuring_lock", "other_live_runs",
+           "remove_run_groups", "run_owner_alive", "state_dir"]

@@ -12,6 +12,14 @@ Swarm is initialised by optdse only when asked (`--swarm-init`), bound to 127.0.
 again when the run ends.
 Unlike the local and docker backends, the CPU limit holds from the task's start (it is part
 of the service spec), so replicas with a small CPU share take longer to become ready.
+
+Several nodes (README "Scaling out"): tasks go only to nodes labelled `optdse.serve=true`
+(a placement constraint, required once the swarm has more than one node, so the load
+generator's host is chosen by the user) and each task listens on its node's swarm address
+instead of loopback, since the load generator must reach it. A one-node swarm keeps
+127.0.0.1. ACU is measured per node: the replicas' CPU is read from the cgroups of this host,
+or, for a node given with `--swarm-engine NODE=URL`, through that node's Docker engine (the
+stats API); a task on another node without an engine is a DeployError, never a silent zero.
 """
 
 from __future__ import annotations
@@ -19,8 +27,8 @@ from __future__ import annotations
 import shlex
 import socket
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +41,69 @@ from optdse.deploy.runs import Run
 
 PORT_RANGE = range(20000, 30000, 100)  # a base port per service; slots take base+1 .. base+49 (gRPC)
 REST_OFFSET = 50                       # and base+51 .. base+99 (REST)
+SERVE_LABEL = "optdse.serve"           # `docker node update --label-add optdse.serve=true NODE`: replicas go there
+
+
+@dataclass(frozen=True)
+class Node:
+    """A swarm node that can run tasks: its id, hostname, the address its tasks listen on and
+    whether it carries the serving label."""
+
+    id: str
+    hostname: str
+    address: str
+    serving: bool
+
+
+def swarm_nodes(client: Any) -> list[Node]:
+    """The ready, active nodes. A node's address is the one it joined the swarm with (a
+    manager may report 0.0.0.0 there; its manager address then says it)."""
+    nodes = []
+    for node in client.nodes.list():
+        attrs = node.attrs
+        if attrs["Status"].get("State") != "ready" or attrs["Spec"].get("Availability") != "active":
+            continue
+        address = attrs["Status"].get("Addr", "")
+        if address in ("", "0.0.0.0"):  # noqa: S104  # what Docker reports, not a bind
+            address = attrs.get("ManagerStatus", {}).get("Addr", "").rpartition(":")[0]
+        serving = attrs["Spec"].get("Labels", {}).get(SERVE_LABEL) == "true"
+        nodes.append(Node(attrs["ID"], attrs["Description"]["Hostname"], address, serving))
+    return nodes
+
+
+class EngineStats:
+    """A task's CPU and memory read through the Docker engine of the node it runs on (the
+    stats API, the same cgroup counters `docker stats` shows), for nodes whose cgroups this
+    host cannot read. The peak is the largest usage seen since `reset_peak`."""
+
+    def __init__(self, engine: Any, container_id: str) -> None:
+        self.engine, self.container_id = engine, container_id
+        self._cpu, self._memory, self._peak = 0.0, 0, 0
+
+    def _read(self) -> None:
+        try:
+            stats = self.engine.api.stats(self.container_id, stream=False, one_shot=True)
+        except docker_errors().NotFound:
+            self._memory = 0  # killed and removed: keeps what it used until then, as Cgroup does
+            return
+        usage = stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage")
+        if usage is None:  # an engine answers without figures for a container that just stopped
+            return
+        self._cpu, self._memory = usage / 1e9, int(stats.get("memory_stats", {}).get("usage", 0))
+        self._peak = max(self._peak, self._memory)
+
+    def cpu_seconds(self) -> float:
+        self._read()
+        return self._cpu
+
+    def memory_bytes(self) -> int:
+        return self._memory  # as of the cpu_seconds just read: one API call per sample
+
+    def memory_peak(self) -> int:
+        return self._peak
+
+    def reset_peak(self) -> None:
+        self._peak = self._memory
 
 
 def ensure_swarm(client: Any, init: bool) -> bool:
@@ -63,11 +134,20 @@ def _free_base_port() -> int:
 class SwarmBackend:
     name = "swarm"
     limits_enforced = True
-    accounting = "docker cgroup"
+
+    @property
+    def accounting(self) -> str:
+        read = sorted({f"{node.hostname}: " + ("docker engine stats API" if isinstance(meter, EngineStats) else
+                                               "docker cgroup") for (_, _, meter), node in zip(self._tasks, self._task_nodes,
+                                                                                         strict=True)})
+        return "; ".join(read) or "docker cgroup"
 
     def __init__(self, model_base_path: Path, warn: Callable[[str], None] = print, swarm_init: bool = False,
-                 ready_timeout: float = 240.0, image: str = "host-python") -> None:
+                 ready_timeout: float = 240.0, image: str = "host-python", engines: Mapping[str, str] | None = None) -> None:
         self.client = docker_client()
+        self.warn = warn
+        self.engine_urls = dict(engines or {})  # node hostname -> its Docker engine's URL
+        self._engines: dict[str, Any] = {}
         self.image = ServingImage.resolve(self.client, image, model_base_path)
         if not self.image.loopback_bind:
             raise DeployError("image", f"the swarm backend cannot run {image} on loopback only: TensorFlow "
@@ -80,7 +160,9 @@ class SwarmBackend:
         self.service: Any = None
         self.current: ServerConfig | None = None
         self.base_port = 0
-        self._tasks: list[tuple[int, str, Cgroup]] = []  # (slot, container id, cgroup) of running tasks
+        self._tasks: list[tuple[int, str, Cgroup | EngineStats]] = []  # (slot, container id, meter) of running tasks
+        self._task_nodes: list[Node] = []  # the node of each of _tasks
+        self.nodes: list[Node] = []
         self._killed: list[tuple[int, frozenset[str]]] = []  # (slot, task ids) killed by kill_replica
         self._lost: set[str] = set()  # task ids killed since the last apply: wait for their replacements
         self._last_oom_check = 0.0
@@ -91,14 +173,21 @@ class SwarmBackend:
 
         serve = shlex.join([self.image.executable, *self.image.serve_args("PORT", "REST_PORT", server.model)])
         serve = "exec " + serve.replace("--port=PORT", f"--port=$(({self.base_port} + SLOT))").replace(
-            "--rest_api_port=REST_PORT", f"--rest_api_port=$(({self.base_port + REST_OFFSET} + SLOT))")
+            "--rest_api_port=REST_PORT", f"--rest_api_port=$(({self.base_port + REST_OFFSET} + SLOT))").replace(
+            f"--host={HOST}", "--host=$BIND")
+        # Each task binds the address listed for its node (NODE_ID is Swarm's template).
+        pick = 'BIND=127.0.0.1; for pair in $NODE_ADDRESSES; do [ "${pair%%=*}" = "$NODE_ID" ] && BIND="${pair#*=}"; done; '
+        addresses = " ".join(f"{node.id}={self._bind_address(node)}" for node in self.nodes)
+        serving = any(node.serving for node in self.nodes)
         mounts = [Mount(target=bind["bind"], source=source, type="bind", read_only=True)
                   for source, bind in self.image.mounts(server.model).items()]
         memory = server.memory_mb * 2**20
         return {
-            "image": self.image.reference, "command": ["/bin/sh", "-c", serve], "name": f"optdse-{self.run.run_id}",
+            "image": self.image.reference, "command": ["/bin/sh", "-c", pick + serve], "name": f"optdse-{self.run.run_id}",
             "labels": {LABEL_RUN: self.run.run_id}, "container_labels": {LABEL_RUN: self.run.run_id},
-            "env": ["SLOT={{.Task.Slot}}", "PYTHONDONTWRITEBYTECODE=1"], "mounts": mounts, "workdir": "/",
+            "env": ["SLOT={{.Task.Slot}}", "NODE_ID={{.Node.ID}}", f"NODE_ADDRESSES={addresses}",
+                    "PYTHONDONTWRITEBYTECODE=1"], "mounts": mounts, "workdir": "/",
+            "constraints": [f"node.labels.{SERVE_LABEL}==true"] if serving else [],
             "networks": ["host"], "mode": ServiceMode("replicated", replicas=server.replicas),
             "resources": Resources(cpu_limit=int(server.cpus * 1e9), mem_limit=memory),
             "restart_policy": RestartPolicy(condition="on-failure", max_attempts=0),
@@ -116,6 +205,7 @@ class SwarmBackend:
         try:
             if self.service is None:
                 self.base_port = _free_base_port()
+                self.nodes = self._serving_nodes()
                 self.service = self.client.services.create(**self._spec(server))
             elif self._lost and server == self.current:
                 replaced = set(self._lost)
@@ -131,8 +221,52 @@ class SwarmBackend:
         self.current = server
         self._lost.clear()
         self._wait_ready(server, replaced)
-        return [Endpoint(replica=slot, host=HOST, port=self.base_port + slot,
-                         rest_port=self.base_port + REST_OFFSET + slot) for slot, _, _ in self._tasks]
+        return [Endpoint(replica=slot, host=self._bind_address(node), port=self.base_port + slot,
+                         rest_port=self.base_port + REST_OFFSET + slot)
+                for (slot, _, _), node in zip(self._tasks, self._task_nodes, strict=True)]
+
+    def _serving_nodes(self) -> list[Node]:
+        """The nodes tasks may run on. One node: itself, labelled or not. Several: those
+        labelled optdse.serve=true, which must exist (otherwise replicas could land next to the
+        load generator, or on a node this host cannot measure)."""
+        nodes = swarm_nodes(self.client)
+        if len(nodes) == 1:
+            return nodes
+        serving = [node for node in nodes if node.serving]
+        if not serving:
+            raise DeployError("swarm", f"this swarm has {len(nodes)} nodes and none is labelled for replicas; "
+                                       f"label the serving nodes: docker node update --label-add {SERVE_LABEL}=true NODE")
+        if self.image.mode == "host-python":
+            raise DeployError("image", "the host-python image mounts this host's Python and cannot run on other nodes; "
+                                       "use serving/Dockerfile's image (--image optdse/serving), loaded on every node")
+        self.warn("tasks listen on their nodes' swarm addresses (" + ", ".join(
+            f"{n.hostname} {n.address}" for n in serving) + f"), ports {self.base_port + 1}-{self.base_port + 99}: "
+            "the load goes over that network, not loopback")
+        return serving
+
+    def _bind_address(self, node: Node) -> str:
+        """Loopback on a one-node swarm; the node's swarm address on a larger one."""
+        return HOST if len(self.nodes) <= 1 else node.address
+
+    def _meter(self, node: Node, container_id: str) -> Cgroup | EngineStats:
+        """What reads a task's CPU and memory: its node's Docker engine if one was given for it
+        (--swarm-engine), else this host's cgroups (a task here)."""
+        url = self.engine_urls.get(node.hostname)
+        if url is not None:
+            if url not in self._engines:
+                import docker
+
+                try:
+                    self._engines[url] = docker.DockerClient(base_url=url, use_ssh_client=url.startswith("ssh://"),
+                                                             version="auto", timeout=30)
+                except Exception as error:  # noqa: BLE001  # any failure: this node cannot be measured
+                    raise DeployError("swarm", f"--swarm-engine {node.hostname}={url}: cannot reach it "
+                                               f"({type(error).__name__}: {error})") from None
+            return EngineStats(self._engines[url], container_id)
+        if node.id != self.client.info()["Swarm"]["NodeID"]:
+            raise DeployError("swarm", f"a task runs on node {node.hostname}, whose CPU this host cannot read; "
+                                       f"give its Docker engine: --swarm-engine {node.hostname}=ssh://USER@{node.hostname}")
+        return container_cgroup(container_id)
 
     def _wait_ready(self, server: ServerConfig, replaced: set[str] | None = None) -> None:
         """Until the update completed, every slot runs a task that is not one of `replaced`
@@ -146,12 +280,15 @@ class SwarmBackend:
             running = [t for t in tasks if t["Status"]["State"] == "running"]
             fresh = not any(t["ID"] in (replaced or ()) for t in tasks)
             if fresh and update in ("completed", "") and len(running) == server.replicas == len(tasks):
-                self._tasks = sorted((t["Slot"], t["Status"]["ContainerStatus"]["ContainerID"],
-                                      container_cgroup(t["Status"]["ContainerStatus"]["ContainerID"]))
-                                     for t in running)
-                for slot, _, _ in self._tasks:
+                by_id = {node.id: node for node in swarm_nodes(self.client)}  # a node may have joined since
+                running.sort(key=lambda t: t["Slot"])
+                self._task_nodes = [by_id[t["NodeID"]] for t in running]
+                self._tasks = [(t["Slot"], t["Status"]["ContainerStatus"]["ContainerID"],
+                                self._meter(by_id[t["NodeID"]], t["Status"]["ContainerStatus"]["ContainerID"]))
+                               for t in running]
+                for (slot, _, _), node in zip(self._tasks, self._task_nodes, strict=True):
                     try:
-                        wait_available(f"{HOST}:{self.base_port + slot}", server.model,
+                        wait_available(f"{self._bind_address(node)}:{self.base_port + slot}", server.model,
                                        max(1.0, deadline - time.monotonic()), self._no_oom_yet)
                     except ChildProcessError:
                         self._raise_if_oom(server)
@@ -195,7 +332,8 @@ class SwarmBackend:
 
     def usage(self) -> ResourceSample:
         return ResourceSample(time=time.perf_counter(), cpu_seconds=tuple(c.cpu_seconds() for _, _, c in self._tasks),
-                              memory_bytes=tuple(c.memory_bytes() for _, _, c in self._tasks))
+                              memory_bytes=tuple(c.memory_bytes() for _, _, c in self._tasks),
+                              nodes=tuple(node.hostname for node in self._task_nodes))
 
     def memory_peaks(self) -> tuple[int, ...]:
         return tuple(c.memory_peak() or 0 for _, _, c in self._tasks)
@@ -231,7 +369,7 @@ class SwarmBackend:
 
     def _remove_service(self) -> None:
         if self.service is not None:
-            service, self.service, self.current, self._tasks = self.service, None, None, []
+            service, self.service, self.current, self._tasks, self._task_nodes = self.service, None, None, [], []
             service.remove()
             deadline = time.monotonic() + 60  # its containers go away asynchronously
             label = f"{LABEL_RUN}={self.run.run_id}"  # ignore_removed: tasks vanish while listed
@@ -242,6 +380,8 @@ class SwarmBackend:
         """Remove the service; leave the swarm too if this run initialised it (--swarm-init)."""
         try:
             self._remove_service()
+            for engine in self._engines.values():
+                engine.close()
             if self.initialised_swarm:
                 self.client.swarm.leave(force=True)
                 self.initialised_swarm = False
@@ -249,4 +389,4 @@ class SwarmBackend:
             self.run.finish()
 
 
-__all__ = ["SwarmBackend", "ensure_swarm"]
+__all__ = ["SERVE_LABEL", "EngineStats", "Node", "SwarmBackend", "ensure_swarm", "swarm_nodes"]

@@ -58,7 +58,7 @@ def test_a_study_runs_records_everything_resumes_and_exports(project: Path) -> N
 
     again = optdse(project, "study", "tiny", "--trials", "4", "--requests", "100")
     assert again.returncode == 0, again.stderr
-    assert "resuming tiny: 3 of 4 trials already finished" in again.stderr
+    assert "tiny: 3 of 4 trials already finished" in again.stderr
     study = load(project, "tiny")
     assert len(study.trials) == 4 and study.trials[3].user_attrs["requests_sent"] == 100
 
@@ -67,7 +67,8 @@ def test_a_study_runs_records_everything_resumes_and_exports(project: Path) -> N
     front = pd.read_csv(project / "front.csv")
     assert sorted(front["trial"]) == sorted(t.number for t in study.best_trials)
     assert list(front.columns) == ["trial", "threads", "file_size", "replicas", "cpus", "memory_mb", "art_ms",
-                                   "acu_cores", "p95_ms", "throughput_rps", "energy_j", "energy_is_estimate"]
+                                   "acu_cores", "p95_ms", "throughput_rps", "energy_j", "energy_is_estimate", "host"]
+    assert (front["host"] == socket.gethostname()).all()
     assert (front["memory_mb"] == 1000).all() and front["art_ms"].is_monotonic_increasing
 
 

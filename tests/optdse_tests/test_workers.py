@@ -1,0 +1,148 @@
+"""Workers sharing one study through a real PostgreSQL server: two workers finish it with no
+trial lost or measured twice, a killed worker's trial is failed by its missing heartbeat and
+measured again, and a second worker on one host is refused unless told to share it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import psutil
+import pytest
+from optuna.trial import TrialState
+
+from optdse.deploy.runs import Run, measuring_lock
+from tests.optdse_tests.conftest import PostgresServer, optdse, write_study
+from tests.serving_process import optdse_command
+
+pytestmark = pytest.mark.usefixtures("cgroup_driver")
+
+OTHER_HOST = "optdse-test-host-a"
+
+
+def start_worker(project: Path, name: str, url: str, *extra: str, hostname: str | None = None,
+                 state_dir: Path | None = None) -> subprocess.Popen[str]:
+    """`optdse worker` as its own process. With `hostname`, it runs in a UTS namespace of its
+    own under that name, with its own state directory: to the study, another host."""
+    command = [*optdse_command(), "worker", name, "--storage", url, "--heartbeat", "1", *extra]
+    env = os.environ.copy()
+    if hostname:
+        # unshare execs the shell, which execs optdse: the pid we hold is the worker's.
+        command = ["unshare", "--uts", "sh", "-c", f'hostname {hostname} && exec "$@"', "sh", *command]
+        env["OPTDSE_STATE_DIR"] = str(state_dir)
+    return subprocess.Popen(command, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+
+
+def wait_for_trial_of(study: optuna.Study, pid: int, worker: subprocess.Popen[str], timeout: float = 240) -> None:
+    """Until `pid` is measuring a trial (its configuration is recorded)."""
+    deadline = time.monotonic() + timeout
+    while not [t for t in study.get_trials(states=(TrialState.RUNNING,))
+               if t.user_attrs.get("pid") == pid and "config" in t.user_attrs]:
+        assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[0]
+        time.sleep(0.1)
+
+
+def test_two_workers_finish_one_study_and_a_killed_workers_trial_is_retried(
+        project: Path, postgres: PostgresServer) -> None:
+    url = postgres.new_database()
+    write_study(project, "shared", trials=8, requests=150)
+    other_state = project / "state-host-a"
+    a = start_worker(project, "shared", url, hostname=OTHER_HOST, state_dir=other_state)
+    deadline = time.monotonic() + 120
+    while True:  # a creates the study; b joins it
+        try:
+            study = optuna.load_study(study_name="shared", storage=url)
+            break
+        except KeyError:
+            assert a.poll() is None and time.monotonic() < deadline, a.communicate()[0]
+            time.sleep(0.2)
+    b = start_worker(project, "shared", url)
+    wait_for_trial_of(study, a.pid, a)
+    wait_for_trial_of(study, b.pid, b)
+    wait_for_trial_of(study, a.pid, a)  # a is measuring, now with b at work too
+    a.kill()  # SIGKILL: no heartbeat, no record of why; its replicas are orphaned
+    a.wait(10)
+    out, _ = b.communicate(timeout=300)
+    assert b.returncode == 0, out
+
+    trials = study.get_trials()
+    lost = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(lost) == 1, out
+    assert lost[0].user_attrs["fail_reason"] == "abandoned"
+    assert "sent no heartbeat" in lost[0].user_attrs["fail_message"] and OTHER_HOST in lost[0].user_attrs["fail_message"]
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == lost[0].number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == lost[0].params
+    assert retries[0].user_attrs["host"] == socket.gethostname()
+    # The study's 8 trials, all complete; the lost one is the only extra trial, none waits.
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 8 and len(trials) == 9
+    # The study file's one start point was enqueued once, by the worker that created the study.
+    enqueued = [t for t in trials if "fixed_params" in t.system_attrs and "retry_of" not in t.user_attrs]
+    assert len(enqueued) == 1
+    assert {t.user_attrs["host"] for t in trials} == {OTHER_HOST, socket.gethostname()}
+    assert f"trial {lost[0].number:>3} lost: its worker (pid {a.pid} on host {OTHER_HOST}) sent no heartbeat" in out
+
+    # What a left behind: its replicas, stopped by `optdse clean` from its state directory.
+    orphans = [json.loads(p.read_text())["pid"] for p in other_state.glob("*/replica-*.json")]
+    assert orphans and all(psutil.pid_exists(pid) for pid in orphans)
+    cleaned = subprocess.run([*optdse_command(), "clean"], cwd=project, capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "OPTDSE_STATE_DIR": str(other_state)}, check=False)
+    assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+    assert not any(psutil.pid_exists(pid) for pid in orphans)
+    assert not list(other_state.glob("*-*"))
+
+
+def test_one_worker_per_host_unless_told_to_share(project: Path, postgres: PostgresServer) -> None:
+    url = postgres.new_database()
+    write_study(project, "crowded", trials=1, requests=100)
+    with measuring_lock() as alone:  # this test process is "already running trials" on this host
+        assert alone
+        run = Run.start()  # with a live run, as a worker measuring has
+        try:
+            refused = optdse(project, "worker", "crowded", "--storage", url)
+            assert refused.returncode == 1
+            assert f"optdse process {os.getpid()} is already running trials on this host" in refused.stderr
+            assert "--share-host" in refused.stderr and "Traceback" not in refused.stderr
+            shared = optdse(project, "worker", "crowded", "--storage", url, "--share-host")
+        finally:
+            run.finish()
+    assert shared.returncode == 0, shared.stdout + shared.stderr
+    assert "concurrent trials share the CPUs" in shared.stderr
+    (trial,) = optuna.load_study(study_name="crowded", storage=url).trials
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs["host_shared_with"] == [os.getpid()]
+
+
+def test_a_worker_needs_a_storage_and_hides_its_password(project: Path) -> None:
+    write_study(project, "nowhere")
+    missing = optdse(project, "worker", "nowhere")
+    assert missing.returncode == 2 and "--storage" in missing.stderr
+    unreachable = optdse(project, "worker", "nowhere", "--storage",
+                         "postgresql+psycopg://someone:s3cret@127.0.0.1:1/optdse")
+    assert unreachable.returncode == 2 and "cannot open it" in unreachable.stderr
+    assert "s3cret" not in unreachable.stderr and "Traceback" not in unreachable.stderr
+
+
+def test_sigint_to_a_worker_waiting_for_others_leaves_the_study_as_it_was(project: Path, postgres: PostgresServer) -> None:
+    """A worker whose missing trials are all being measured elsewhere waits for them."""
+    url = postgres.new_database()
+    write_study(project, "waiting", trials=1, requests=100)
+    study = optuna.create_study(study_name="waiting", storage=url, directions=["minimize", "minimize"])
+    running = study.ask()  # a trial "measured by another worker" that sends no heartbeat
+    running.set_user_attr("host", "elsewhere")
+    worker = start_worker(project, "waiting", url)
+    deadline = time.monotonic() + 120
+    assert worker.stdout is not None
+    seen = ""
+    while "waiting for 1 trial(s) of other workers" not in seen:
+        assert worker.poll() is None and time.monotonic() < deadline, seen
+        seen += worker.stdout.read(1)
+    worker.send_signal(signal.SIGINT)
+    rest = worker.communicate(timeout=60)[0]
+    assert worker.returncode == 130, seen + rest
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING]
