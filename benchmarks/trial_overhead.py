@@ -10,7 +10,9 @@ A failed trial (OOM, say) measured nothing: all its time is overhead.
 
 Side by side in the same run, --compare also runs the same study with replica parking off
 (OPTDSE_PARK_IDLE=0: every trial that needs more replicas starts them afresh), the behaviour
-before parking existed.
+before parking existed, and --postgresql runs it with its storage on a PostgreSQL server of
+its own on 127.0.0.1 (tests/postgres.py; what workers on several hosts share) instead of
+SQLite: the difference is what the shared storage costs each trial.
 
 Run from the repository root:  .venv/bin/python benchmarks/trial_overhead.py [--duration 5] [--compare]
 The last line is the share of wall time spent outside the load (target <= 15%).
@@ -60,10 +62,11 @@ class Breakdown:
         return 1 - self.window_s / self.wall_s
 
 
-def run_study(study: str, trials: int, duration: float, park: bool) -> Breakdown:
-    """One real `optdse study` in a fresh storage; its wall time and its trials' timings."""
+def run_study(study: str, trials: int, duration: float, park: bool, storage: str | None = None) -> Breakdown:
+    """One real `optdse study` in a fresh storage (SQLite, or the empty database `storage`);
+    its wall time and its trials' timings."""
     with tempfile.TemporaryDirectory(prefix="optdse-overhead-") as directory:
-        storage = f"sqlite:///{directory}/overhead.db"
+        storage = storage or f"sqlite:///{directory}/overhead.db"
         command = [str(ROOT / ".venv" / "bin" / "optdse"), "study", study, "--trials", str(trials),
                    "--duration", str(duration), "--requests", "1000000", "--storage", storage]
         env = {**os.environ, "OPTDSE_PARK_IDLE": "1" if park else "0"}
@@ -96,10 +99,23 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of load per trial")
     parser.add_argument("--compare", action="store_true", help="also run with replica parking off")
+    parser.add_argument("--postgresql", action="store_true", help="also run with a PostgreSQL storage")
     args = parser.parse_args()
     ensure_model("mnist", Console(stderr=True))  # exported once beforehand: not part of any study's time
     parked = run_study(args.study, args.trials, args.duration, park=True)
     show("parking on (default)", parked)
+    if args.postgresql:
+        from tests.postgres import PostgresServer
+
+        server = PostgresServer.start()
+        try:
+            shared = run_study(args.study, args.trials, args.duration, park=True, storage=server.new_database())
+        finally:
+            server.stop()
+        show("PostgreSQL storage", shared)
+        print(f"per trial outside the load: SQLite {parked.rest_s / parked.trials:.2f} s, PostgreSQL "
+              f"{shared.rest_s / shared.trials:.2f} s (ratio {shared.rest_s / shared.trials / (parked.rest_s / parked.trials):.2f}); "
+              f"wall per trial ratio {shared.wall_s / shared.trials / (parked.wall_s / parked.trials):.2f}")
     if args.compare:
         fresh = run_study(args.study, args.trials, args.duration, park=False)
         show("parking off", fresh)

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import glob
 import io
 import ipaddress
-import itertools
 import os
-import shutil
 import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +15,9 @@ import pytest
 from optdse.deploy.base import DeployError
 from optdse.deploy.cgroups import CgroupDriver
 from optdse.deploy.docker import docker_client
-from optdse.deploy.local import LocalBackend, free_port
+from optdse.deploy.local import LocalBackend
 from optdse.deploy.swarm import ensure_swarm
+from tests.postgres import PostgresMissing, PostgresServer
 from tests.serving_process import optdse_command
 
 SPACE = """\
@@ -147,66 +143,17 @@ def require_docker() -> None:
         pytest.skip(error.message)
 
 
-class PostgresServer:
-    """A PostgreSQL server of the test session's own: a cluster made by initdb in a temporary
-    directory, its postmaster a child of this process (run as the `postgres` user, since
-    PostgreSQL refuses root), listening on 127.0.0.1 only, stopped by its pid."""
-
-    def __init__(self, directory: Path) -> None:
-        binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-        if not binaries or shutil.which("runuser") is None:
-            message = "PostgreSQL is not installed (apt-get install postgresql)"
-            if os.environ.get("CI"):
-                pytest.fail(message)
-            pytest.skip(message)
-        self.bin = Path(binaries[-1])
-        self.directory = directory
-        directory.mkdir(mode=0o700)
-        shutil.chown(directory, "postgres", "postgres")
-        subprocess.run([self.bin / "initdb", "-D", directory / "data", "-U", "optdse", "-A", "trust", "--no-sync",
-                        "-E", "UTF8"], check=True, capture_output=True, user="postgres", group="postgres")
-        self.port = free_port()
-        self.process = subprocess.Popen(
-            [self.bin / "postgres", "-D", directory / "data", "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
-             "-c", f"unix_socket_directories={directory}", "-c", "fsync=off", "-c", "max_connections=100"],
-            user="postgres", group="postgres", stdout=subprocess.DEVNULL, stderr=(directory / "log").open("w"))
-        self._databases = itertools.count()
-        deadline = time.monotonic() + 60
-        while not self._ready():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"PostgreSQL did not start: {(directory / 'log').read_text()[-2000:]}")
-            time.sleep(0.2)
-
-    def _ready(self) -> bool:
-        return subprocess.run([self.bin / "pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port)], check=False).returncode == 0
-
-    def new_database(self) -> str:
-        """A fresh, empty database; its SQLAlchemy URL (psycopg 3)."""
-        name = f"optdse_{next(self._databases)}"
-        subprocess.run([self.bin / "createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "optdse", name],
-                       check=True, capture_output=True)
-        return f"postgresql+psycopg://optdse@127.0.0.1:{self.port}/{name}"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(2)  # SIGINT: PostgreSQL's fast shutdown
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-
-
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    # Not under pytest's basetemp: the postgres user must traverse every directory above its
-    # cluster, and pytest makes its own 0700.
-    root = Path(tempfile.mkdtemp(prefix="optdse-test-postgres-"))
-    root.chmod(0o755)
+    """The session's own PostgreSQL server (tests/postgres.py); skipped where PostgreSQL is not
+    installed, a failure under CI."""
     try:
-        server = PostgresServer(root / "cluster")
+        server = PostgresServer.start()
+    except PostgresMissing as error:
+        if os.environ.get("CI"):
+            pytest.fail(str(error))
+        pytest.skip(str(error))
+    try:
         yield server
-        server.stop()
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        server.stop()

@@ -175,10 +175,13 @@ def test_a_killed_run_is_cleaned_up_and_resumed(project: Path, cgroup_driver: Cg
     finished_before = len(load(project, "killed").get_trials(states=(TrialState.COMPLETE,)))
     resumed = optdse(project, "study", "killed", "--trials", str(finished_before + 2), "--requests", "100")
     assert resumed.returncode == 0, resumed.stderr
-    assert "left RUNNING by a killed run; marked FAIL (abandoned)" in resumed.stderr
+    assert "left RUNNING by a worker that is gone; marked FAIL (abandoned) and enqueued again" in resumed.stderr
     trials = load(project, "killed").trials
     assert TrialState.RUNNING not in [t.state for t in trials]
-    assert [t.user_attrs["fail_reason"] for t in trials if t.state == TrialState.FAIL] == ["abandoned"]
+    (lost,) = [t for t in trials if t.state == TrialState.FAIL]
+    assert lost.user_attrs["fail_reason"] == "abandoned" and f"pid {process.pid} on this host" in lost.user_attrs["fail_message"]
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == lost.number]  # measured again, once
+    assert retry.state == TrialState.COMPLETE and retry.params == lost.params
 
 
 def test_a_docker_study_runs_and_a_killed_one_is_cleaned(project: Path) -> None:

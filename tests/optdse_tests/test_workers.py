@@ -18,7 +18,8 @@ import pytest
 from optuna.trial import TrialState
 
 from optdse.deploy.runs import Run, measuring_lock
-from tests.optdse_tests.conftest import PostgresServer, optdse, write_study
+from tests.optdse_tests.conftest import optdse, write_study
+from tests.postgres import PostgresServer
 from tests.serving_process import optdse_command
 
 pytestmark = pytest.mark.usefixtures("cgroup_driver")
