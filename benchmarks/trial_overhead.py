@@ -75,7 +75,9 @@ def run_study(study: str, trials: int, duration: float, park: bool, storage: str
         wall = time.perf_counter() - started
         if run.returncode != 0:
             sys.exit(f"{' '.join(command)} failed ({run.returncode}):\n{run.stdout}{run.stderr}")
-        finished = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+        # Finished trials only: the start points the run did not reach are still WAITING.
+        finished = optuna.load_study(study_name=study, storage=storage).get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
     done = [t.user_attrs for t in finished if t.state == TrialState.COMPLETE]
     return Breakdown(wall_s=wall, trials=len(finished), failed=len(finished) - len(done),
                      deploy_s=sum(a["deploy_s"] for a in done), load_setup_s=sum(a["load_setup_s"] for a in done),

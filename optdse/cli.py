@@ -259,7 +259,7 @@ def _stored_study(command: str, args: argparse.Namespace) -> tuple[Any, str] | i
     try:
         return optuna.load_study(study_name=name, storage=storage), storage
     except KeyError:
-        return _fail(command, f"no study {name!r} in {storage}; run `optdse study {name}` first")
+        return _fail(command, f"no study {name!r} in {_shown(storage)}; run `optdse study {name}` first")
     except Exception as error:  # noqa: BLE001  # a URL Optuna/SQLAlchemy cannot open
         return _cannot_open(command, storage, error)
 
@@ -314,7 +314,7 @@ def _dashboard(args: argparse.Namespace) -> int:
         except OSError as error:
             return _fail("dashboard", f"--port {args.port}: cannot listen on 127.0.0.1:{args.port} ({error.strerror})")
     save_hypervolume_plot(study)
-    print(f"optuna-dashboard for {study.study_name} ({storage}): http://127.0.0.1:{args.port}/dashboard/", flush=True)
+    print(f"optuna-dashboard for {study.study_name} ({_shown(storage)}): http://127.0.0.1:{args.port}/dashboard/", flush=True)
     console.print("  each trial's page has its figures as a note; the study's page has the hypervolume history."
                   "\n  Ctrl-C stops it.")
     _interrupt_on_signals()

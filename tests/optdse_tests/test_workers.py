@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import optuna
@@ -17,6 +18,7 @@ import psutil
 import pytest
 from optuna.trial import TrialState
 
+from optdse.deploy.local import free_port
 from optdse.deploy.runs import Run, measuring_lock
 from tests.optdse_tests.conftest import optdse, write_study
 from tests.postgres import PostgresServer
@@ -97,6 +99,32 @@ def test_two_workers_finish_one_study_and_a_killed_workers_trial_is_retried(
     assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
     assert not any(psutil.pid_exists(pid) for pid in orphans)
     assert not list(other_state.glob("*-*"))
+
+    # The shared study is read from the database like any other: export (with each trial's
+    # host) and optuna-dashboard.
+    exported = optdse(project, "export", "shared", "--storage", url, "--pareto", "front.csv")
+    assert exported.returncode == 0, exported.stderr
+    front = (project / "front.csv").read_text().splitlines()
+    assert front[0].endswith(",host") and all(row.rsplit(",", 1)[1] in (OTHER_HOST, socket.gethostname())
+                                              for row in front[1:])
+    port = free_port()
+    dashboard = subprocess.Popen([*optdse_command(), "dashboard", "shared", "--storage", url, "--port", str(port)],
+                                 cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as answer:
+                    (summary,) = json.load(answer)["study_summaries"]
+                break
+            except OSError:
+                assert time.monotonic() < deadline and dashboard.poll() is None, dashboard.communicate()[0]
+                time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}") as answer:
+            assert len(json.load(answer)["trials"]) == 9
+    finally:
+        dashboard.send_signal(signal.SIGINT)
+        dashboard.communicate(timeout=10)
 
 
 def test_one_worker_per_host_unless_told_to_share(project: Path, postgres: PostgresServer) -> None:
