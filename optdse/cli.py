@@ -184,7 +184,7 @@ def _measure_trials(command: str, args: argparse.Namespace, study: Any, url: str
         with StudyProgress(console, optuna_study, study, target) as progress:
             run_study(optuna_study, study, backend, target, progress)
     except KeyboardInterrupt:
-        console.print("interrupted: the current trial is recorded as FAIL (interrupted); "
+        console.print("interrupted: a trial being measured is recorded as FAIL (interrupted); "
                       "run the same command again to resume")
         return 130
     finally:
@@ -379,7 +379,7 @@ def _add_swarm_engine_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_trial_options(parser: argparse.ArgumentParser) -> None:
-    """The options of the commands that run trials (study, grid)."""
+    """The options of the commands that run trials (study, worker, grid)."""
     parser.add_argument("name", help="study name (studies/NAME.yaml) or a path to a study file")
     worker = parser.prog.endswith(" worker")
     parser.add_argument("--storage", required=worker,

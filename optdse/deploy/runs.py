@@ -100,9 +100,9 @@ def other_live_runs() -> list[int]:
     root = state_dir()
     pids = []
     for directory in root.iterdir() if root.is_dir() else []:
-        pid = int(directory.name.partition("-")[0]) if directory.name.partition("-")[0].isdigit() else None
-        if pid is not None and pid != os.getpid() and directory.is_dir() and _owner_alive(directory):
-            pids.append(pid)
+        pid = directory.name.partition("-")[0]  # run ids are <pid>-<start time>
+        if directory.is_dir() and pid.isdigit() and int(pid) != os.getpid() and _owner_alive(directory):
+            pids.append(int(pid))
     return sorted(pids)
 
 
