@@ -55,7 +55,7 @@ def wait_for_trial_of(study: optuna.Study, pid: int, worker: subprocess.Popen[st
 def test_two_workers_finish_one_study_and_a_killed_workers_trial_is_retried(
         project: Path, postgres: PostgresServer) -> None:
     url = postgres.new_database()
-    write_study(project, "shared", trials=8, requests=150)
+    write_study(project, "shared", trials=12, requests=150)  # enough that a still has trials when b starts
     other_state = project / "state-host-a"
     a = start_worker(project, "shared", url, hostname=OTHER_HOST, state_dir=other_state)
     deadline = time.monotonic() + 120
@@ -83,8 +83,8 @@ def test_two_workers_finish_one_study_and_a_killed_workers_trial_is_retried(
     retries = [t for t in trials if t.user_attrs.get("retry_of") == lost[0].number]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == lost[0].params
     assert retries[0].user_attrs["host"] == socket.gethostname()
-    # The study's 8 trials, all complete; the lost one is the only extra trial, none waits.
-    assert [t.state for t in trials].count(TrialState.COMPLETE) == 8 and len(trials) == 9
+    # The study's 12 trials, all complete; the lost one is the only extra trial, none waits.
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 12 and len(trials) == 13
     # The study file's one start point was enqueued once, by the worker that created the study.
     enqueued = [t for t in trials if "fixed_params" in t.system_attrs and "retry_of" not in t.user_attrs]
     assert len(enqueued) == 1
@@ -121,7 +121,7 @@ def test_two_workers_finish_one_study_and_a_killed_workers_trial_is_retried(
                 assert time.monotonic() < deadline and dashboard.poll() is None, dashboard.communicate()[0]
                 time.sleep(0.2)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}") as answer:
-            assert len(json.load(answer)["trials"]) == 9
+            assert len(json.load(answer)["trials"]) == 13
     finally:
         dashboard.send_signal(signal.SIGINT)
         dashboard.communicate(timeout=10)
