@@ -127,13 +127,10 @@ def _resume(optuna_study: Any) -> None:
 
 
 def _shown(url: str) -> str:
-    """A storage URL as printed: without its password."""
-    try:
-        from sqlalchemy.engine import make_url
+    """A storage URL as printed: without its password (optdse.study imports optuna, so lazily)."""
+    from optdse.study import shown_url
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001  # not an SQLAlchemy URL (a journal file, say): nothing to hide
-        return url
+    return shown_url(url)
 
 
 def _run_trials(command: str, args: argparse.Namespace, prepare: Callable[[Any, Any], tuple[Any, int]]) -> int:

@@ -70,7 +70,11 @@ class StudyProgress:
         for warning in attrs.get("warnings", []):
             self.console.print(f"          [yellow]warning:[/] {warning}")
         self.progress.update(self.task, description="")
-        self._update()
+
+    def counted(self, finished: int) -> None:
+        """Where the study stands (run_study counts before each trial): redraw the bar and the front."""
+        self.progress.update(self.task, completed=min(finished, self.target))
+        self.live.update(self._render())
 
     def waiting(self, running: int) -> None:
         """The missing trials are being measured by other workers: say so once, and show how
@@ -80,7 +84,6 @@ class StudyProgress:
             self.console.print(f"waiting for {running} trial(s) of other workers: the study needs no more, "
                                "unless one of them is lost (it is then measured here)")
         self.progress.update(self.task, description=f"waiting for {running} trial(s) of other workers")
-        self._update()
 
     def lost(self, numbers: list[int]) -> None:
         for number in numbers:
@@ -88,12 +91,6 @@ class StudyProgress:
             again = "a retry already, not measured again" if "retry_of" in attrs else "measured again"
             self.console.print(f"trial {number:>3} [red]lost[/]: {attrs.get('fail_message', '')}; marked FAIL "
                                f"(abandoned), {again}")
-        self._update()
-
-    def _update(self) -> None:
-        done, _ = trial_counts(self.optuna_study)  # other workers' trials count too
-        self.progress.update(self.task, completed=min(done, self.target))
-        self.live.update(self._render())
 
     def __enter__(self) -> StudyProgress:
         self.live.__enter__()

@@ -100,7 +100,7 @@ def open_study(study: Study, storage: str | BaseStorage, name: str | None = None
         optuna_study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
         created = False
     if [d.name.lower() for d in optuna_study.directions] != directions:
-        raise ValueError(f"study {name} in {_url(storage)} has objectives {optuna_study.directions}, "
+        raise ValueError(f"study {name} in {shown_url(storage)} has objectives {optuna_study.directions}, "
                          f"the study file asks for {directions}; use another --storage or study name")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -111,8 +111,15 @@ def open_study(study: Study, storage: str | BaseStorage, name: str | None = None
     return optuna_study
 
 
-def _url(storage: str | BaseStorage) -> str:
-    return storage if isinstance(storage, str) else str(getattr(storage, "url", storage))
+def shown_url(storage: str | BaseStorage) -> str:
+    """A storage's URL as printed: without its password."""
+    url = storage if isinstance(storage, str) else str(getattr(storage, "url", storage))
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001  # not an SQLAlchemy URL (a journal file, say): nothing to hide
+        return url
 
 
 def fail_lost(optuna_study: optuna.Study) -> list[int]:
@@ -252,6 +259,8 @@ def _record_failure(optuna_study: optuna.Study, trial: optuna.Trial, error: Base
 class TrialEvents(Protocol):
     """What `run_study` tells whoever shows its progress (optdse.progress.StudyProgress)."""
 
+    def counted(self, finished: int) -> None: ...
+
     def trial_done(self, outcome: TrialOutcome) -> None: ...
 
     def waiting(self, running: int) -> None: ...
@@ -273,6 +282,8 @@ def run_study(optuna_study: optuna.Study, study: Study, backend: Backend, target
         if lost and events:
             events.lost(lost)
         finished, running = trial_counts(optuna_study)
+        if events:
+            events.counted(finished)  # other workers' trials count too
         if finished >= target:
             break
         if finished + running >= target:
@@ -335,4 +346,4 @@ def default_storage() -> str:
 
 
 __all__ = ["START_LEVELS", "TrialEvents", "constraints", "default_storage", "fail_lost", "make_sampler", "open_storage", "open_study", "record_constraints", "repeatability", "run_study",
-           "run_trial", "start_points", "trial_counts"]
+           "run_trial", "shown_url", "start_points", "trial_counts"]
