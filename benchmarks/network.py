@@ -1,4 +1,4 @@
-"""The network dimension and chaos, measured side by side in one run (README "Network and faults").
+"""The network dimension and chaos, measured side by side in one run (docs/network-and-faults.md).
 
 MNIST on the local backend (2 threads, 1 image per request, replicas at 1.0 CPU), each link
 measured exactly as a study trial does (optdse.objective.measure), alternately for --rounds

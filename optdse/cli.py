@@ -9,15 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from rich.console import Console
 
+from optdse import signals
 from optdse.config import GRACE_HEARTBEATS, HEARTBEAT_S, NETWORK_METHODS, PROTOCOLS
 from optdse.spec import MODELS
 
@@ -31,16 +30,6 @@ def _warn(text: str) -> None:
 def _fail(command: str, message: str, code: int = 2) -> int:
     print(f"optdse {command}: error: {message}", file=sys.stderr)
     return code
-
-
-def _interrupt_on_signals() -> None:
-    """Ctrl-C and SIGTERM unwind as KeyboardInterrupt, so every `finally` that stops replicas
-    runs. SIGINT is set explicitly: a process started from a background job inherits it
-    ignored, and a study that ignored Ctrl-C would leave its trial half-measured."""
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _model_export(args: argparse.Namespace) -> int:
@@ -67,6 +56,11 @@ def _backend(name: str, model: str, args: argparse.Namespace, image: str = "host
     from optdse.models import ensure_model
 
     base_path = ensure_model(model, console)
+    with signals.atomic():  # a backend records its run on disk as it starts: all of that, or none
+        return _new_backend(name, base_path, args, image)
+
+
+def _new_backend(name: str, base_path: Path, args: argparse.Namespace, image: str) -> Any:
     if name == "swarm":
         from optdse.deploy.swarm import SwarmBackend
 
@@ -168,11 +162,13 @@ def _run_trials(command: str, args: argparse.Namespace, prepare: Callable[[Any, 
 
 def _measure_trials(command: str, args: argparse.Namespace, study: Any, url: str, optuna_study: Any,
                     target: int) -> int:
-    from optdse.deploy.base import DeployError
+    from optdse.deploy.base import DeployError, beyond_host
     from optdse.progress import StudyProgress
     from optdse.study import repeatability, run_study
 
-    _interrupt_on_signals()
+    for warning in beyond_host(study.largest("cpus"), study.largest("memory_mb"), f"{study.path}: cpus up to",
+                               f"{study.path}: memory_mb up to"):
+        _warn(warning)
     try:
         backend = _backend(args.backend or study.spec.backend, study.spec.model, args, args.image or study.spec.image)
     except DeployError as error:
@@ -180,12 +176,13 @@ def _measure_trials(command: str, args: argparse.Namespace, study: Any, url: str
     try:
         with StudyProgress(console, optuna_study, study, target) as progress:
             run_study(optuna_study, study, backend, target, progress)
-    except KeyboardInterrupt:
-        console.print("interrupted: a trial being measured is recorded as FAIL (interrupted); "
-                      "run the same command again to resume")
-        return 130
+    except KeyboardInterrupt as interrupt:
+        console.print(f"stopped by {signals.signal_name(interrupt)}: a trial being measured is recorded as FAIL "
+                      "(interrupted); run the same command again to resume")
+        return signals.exit_code(interrupt)
     finally:
-        backend.close()
+        with signals.atomic():  # one more Ctrl-C waits for the replicas to stop; a third one does not
+            backend.close()
     from optdse.export import pareto_frame
 
     name = optuna_study.study_name
@@ -204,7 +201,7 @@ def _measure_trials(command: str, args: argparse.Namespace, study: Any, url: str
 
 def _measure(args: argparse.Namespace) -> int:
     from optdse.config import ClientConfig, Config, NetworkConfig, ServerConfig
-    from optdse.deploy.base import DeployError
+    from optdse.deploy.base import DeployError, beyond_host
     from optdse.objective import MeasureError, measure
 
     network = NetworkConfig(args.delay_ms, args.jitter_ms, args.loss_pct, args.network_method)
@@ -212,7 +209,8 @@ def _measure(args: argparse.Namespace) -> int:
                     ClientConfig(args.threads, args.file_size, args.requests, args.warmup_fraction, args.duration,
                                  args.protocol, network=network, deadline_s=args.deadline_ms / 1e3,
                                  retries=args.retries, chaos_kill_after_s=args.kill_replica_after))
-    _interrupt_on_signals()
+    for warning in beyond_host(args.cpus, args.memory):
+        _warn(warning)
     try:
         backend = _backend(args.backend, args.model, args, args.image)
     except DeployError as error:
@@ -222,10 +220,9 @@ def _measure(args: argparse.Namespace) -> int:
             result = measure(backend, config, warn=_warn)
     except (DeployError, MeasureError) as error:
         return _fail("measure", f"{error.reason}: {error.message}", code=1)
-    except KeyboardInterrupt:
-        return 130
     finally:
-        backend.close()
+        with signals.atomic():
+            backend.close()
     figures = {"config": config.describe(), "protocol": config.client.protocol, **result.as_dict()}
     if args.json:
         print(json.dumps(figures))
@@ -295,30 +292,22 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    import socket
-
-    from optuna_dashboard import run_server
-
-    from optdse.dashboard import save_hypervolume_plot
+    from optdse.dashboard import save_hypervolume_plot, serve
 
     found = _stored_study("dashboard", args)
     if isinstance(found, int):
         return found
     study, storage = found
-    with socket.socket() as probe:  # a busy port is one line, not a server traceback
-        try:
-            probe.bind(("127.0.0.1", args.port))
-        except OSError as error:
-            return _fail("dashboard", f"--port {args.port}: cannot listen on 127.0.0.1:{args.port} ({error.strerror})")
     save_hypervolume_plot(study)
+    try:
+        server = serve(storage, args.port)
+    except OSError as error:  # a busy port is one line, not a server traceback
+        return _fail("dashboard", f"--port {args.port}: cannot listen on 127.0.0.1:{args.port} ({error.strerror})")
     print(f"optuna-dashboard for {study.study_name} ({_shown(storage)}): http://127.0.0.1:{args.port}/dashboard/", flush=True)
     console.print("  each trial's page has its figures as a note; the study's page has the hypervolume history."
                   "\n  Ctrl-C stops it.")
-    _interrupt_on_signals()
-    try:
-        run_server(storage, host="127.0.0.1", port=args.port)
-    except KeyboardInterrupt:
-        pass
+    with server:
+        server.serve_forever(poll_interval=0.5)  # until a stop signal raises here
     return 0
 
 
@@ -495,8 +484,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    signals.install()  # before anything starts: a signal at any moment stops the command cleanly
     args = build_parser().parse_args(argv)
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except KeyboardInterrupt as interrupt:  # stopped before or after the part that says more
+        console.print(f"optdse {args.command}: stopped by {signals.signal_name(interrupt)}")
+        return signals.exit_code(interrupt)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@ history as a saved plot, and `optdse dashboard` to serve a study's storage on 12
 
 from __future__ import annotations
 
+import socketserver
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
 import optuna
 from optuna_dashboard import save_plotly_graph_object
 
@@ -65,4 +68,31 @@ def save_hypervolume_plot(study: optuna.Study) -> bool:
     return True
 
 
-__all__ = ["failure_note", "save_hypervolume_plot", "trial_note"]
+
+
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    """wsgiref's server with a thread per request. The main thread then only waits for
+    connections, so a stop signal lands there and ends `serve_forever`; answered in the main
+    thread (what optuna-dashboard's own `run_server` does), a request that is running when
+    Ctrl-C arrives swallows the KeyboardInterrupt in wsgiref's error handler and the server
+    keeps going. Request threads are daemons: an answer still being written does not hold
+    the process."""
+
+    daemon_threads = True
+    block_on_close = False
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002  # wsgiref's signature
+        """No line per request on stderr (the command prints its own)."""
+
+
+def serve(storage: str | optuna.storages.BaseStorage, port: int, host: str = "127.0.0.1") -> WSGIServer:
+    """optuna-dashboard for `storage`, listening on host:port (an OSError if it cannot). Use it
+    as a context manager (which closes its socket) and call `serve_forever`: it serves until a
+    stop signal (`optdse.signals`) or Ctrl-C raises in the main thread."""
+    from optuna_dashboard import wsgi
+
+    return make_server(host, port, wsgi(storage), server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+
+__all__ = ["failure_note", "save_hypervolume_plot", "serve", "trial_note"]

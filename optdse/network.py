@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
+from optdse import signals
 from optdse.config import NetworkConfig
 from optdse.deploy.base import DeployError
 from optdse.deploy.runs import Run, run_owner_alive
@@ -132,11 +133,12 @@ def _start_relay(link: Link, upstreams: list[str], listen_host: str, network: Ne
     spec = {"routes": routes, "impairment": vars(impairment), "seed": None, "parent": os.getpid(),
             "listen_netns": netns}
     log_path = os.devnull if link.run is None else link.run.directory / "relay.log"
-    with open(log_path, "ab") as log:  # the relay keeps its own copy of the descriptor
+    # Started and recorded, or neither (optdse.signals): the run's end stops what it recorded.
+    with signals.atomic(), open(log_path, "ab") as log:  # the relay keeps its own copy of the descriptor
         link.relay = subprocess.Popen([sys.executable, "-m", "optdse.relay", json.dumps(spec)],
                                       stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
-    if link.run is not None:
-        link.run.record_process(f"relay-{link.relay.pid}", link.relay.pid)
+        if link.run is not None:
+            link.run.record_process(f"relay-{link.relay.pid}", link.relay.pid)
     assert link.relay.stdout is not None
     ready, _, _ = select.select([link.relay.stdout], [], [], RELAY_START_TIMEOUT_S)
     line = link.relay.stdout.readline() if ready else b""

@@ -57,6 +57,9 @@ class StudyProgress:
             table.add_column(column, justify="right")
         for row in frame.head(limit).to_dict("records"):
             table.add_row(str(row["trial"]), *(_cell(row[c]) for c in columns))
+        if len(frame) > limit:  # say what is missing, and where it is
+            table.caption = f"{limit} of {len(frame)} shown; `optdse export` has all"
+            table.caption_justify = "left"
         return table
 
     def _render(self) -> Group:

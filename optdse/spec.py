@@ -207,6 +207,13 @@ class Study(BaseModel):
                                                 ("repeats", repeats)) if value}
         return self.model_copy(update={"spec": self.spec.model_copy(update=update)}) if update else self
 
+    def largest(self, name: str) -> float:
+        """The largest value parameter `name` takes in this space (0 if it has none)."""
+        dimension = self.space.dimensions.get(name)
+        if isinstance(dimension, Range):
+            return dimension.high
+        return dimension.value if isinstance(dimension, Fixed) else 0.0
+
 
 def _one_line(path: Path, error: ValidationError, model: type[BaseModel]) -> str:
     # An unknown key (a typo) explains a missing one next to it: say that first.

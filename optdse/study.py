@@ -7,7 +7,7 @@ samplers' constraints (what optuna-dashboard displays). Running the same study a
 it: trials a killed run left RUNNING are failed first, then the missing trials are run.
 
 Several processes, on several hosts, can run trials of one study through one shared RDB
-storage (`optdse worker`, docs in README "Scaling out"). Every trial sends Optuna's RDB
+storage (`optdse worker`, docs/scaling-out.md). Every trial sends Optuna's RDB
 heartbeat while it is measured; a trial whose heartbeat stops (its worker crashed, or its host
 went away) is failed as `abandoned` by whichever worker notices first, and measured again
 once, as a new trial enqueued with the same parameters (`retry_of`). A failure that was
@@ -31,7 +31,9 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled  # what Study.optimize uses
 from optuna.trial import FrozenTrial, TrialState
 from optuna_dashboard import save_note
+from sqlalchemy.exc import SQLAlchemyError
 
+from optdse import signals
 from optdse.config import GRACE_HEARTBEATS, HEARTBEAT_S, Config
 from optdse.dashboard import failure_note, save_hypervolume_plot, trial_note
 from optdse.deploy.base import Backend, DeployError
@@ -93,21 +95,23 @@ def open_study(study: Study, storage: str | BaseStorage, name: str | None = None
     name = name or study.name
     directions = [o.direction for o in study.spec.objectives]
     sampler = sampler or make_sampler(study)
-    try:
-        optuna_study = optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler)
-        created = True
-    except optuna.exceptions.DuplicatedStudyError:
-        optuna_study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
-        created = False
+    with signals.atomic():  # a created study gets its start points, even if Ctrl-C comes in between
+        try:
+            optuna_study = optuna.create_study(study_name=name, storage=storage, directions=directions,
+                                               sampler=sampler)
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            optuna_study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+            created = False
+        if seed and created:
+            for point in start_points(study):
+                optuna_study.enqueue_trial(point, skip_if_exists=True)
     if [d.name.lower() for d in optuna_study.directions] != directions:
         raise ValueError(f"study {name} in {shown_url(storage)} has objectives {optuna_study.directions}, "
                          f"the study file asks for {directions}; use another --storage or study name")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna_study.set_metric_names([o.metric for o in study.spec.objectives])  # shown by the dashboard
-    if seed and created:
-        for point in start_points(study):
-            optuna_study.enqueue_trial(point, skip_if_exists=True)
     return optuna_study
 
 
@@ -143,16 +147,17 @@ def fail_lost(optuna_study: optuna.Study) -> list[int]:
                    f"for {storage.get_heartbeat_interval() * GRACE_HEARTBEATS} s")
         else:
             continue
-        try:
-            storage.set_trial_user_attr(trial._trial_id, "fail_reason", "abandoned")  # noqa: SLF001
-            storage.set_trial_user_attr(trial._trial_id, "fail_message", why)  # noqa: SLF001
-            if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):  # noqa: SLF001
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker failed it first
-        failed.append(trial.number)
-        if "retry_of" not in attrs:
-            optuna_study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+        with signals.atomic():  # failed and enqueued again, or neither
+            try:
+                storage.set_trial_user_attr(trial._trial_id, "fail_reason", "abandoned")  # noqa: SLF001
+                storage.set_trial_user_attr(trial._trial_id, "fail_message", why)  # noqa: SLF001
+                if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):  # noqa: SLF001
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker failed it first
+            failed.append(trial.number)
+            if "retry_of" not in attrs:
+                optuna_study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
     return failed
 
 
@@ -178,13 +183,23 @@ class TrialOutcome:
 
 
 def run_trial(optuna_study: optuna.Study, study: Study, backend: Backend) -> TrialOutcome:
-    """Ask for one trial, measure it (sending heartbeats meanwhile) and tell its result."""
-    with warnings.catch_warnings():
-        # Optuna warns that heartbeats belong to Study.optimize; run_trial sends them itself.
-        warnings.filterwarnings("ignore", message="Heartbeat of storage")
-        trial = optuna_study.ask()
-    with get_heartbeat_thread(trial._trial_id, optuna_study._storage):  # noqa: SLF001
-        return _measure_trial(optuna_study, trial, study, backend)
+    """Ask for one trial, measure it (sending heartbeats meanwhile) and tell its result.
+
+    Whatever stops the trial once it exists is recorded on it: a stop signal or Ctrl-C as
+    `interrupted`, a bug as `error`, then it propagates. Asking and telling are atomic
+    (`optdse.signals`): a signal never leaves the storage with a trial half-written."""
+    trial: optuna.Trial | None = None
+    try:
+        with warnings.catch_warnings(), signals.atomic():
+            # Optuna warns that heartbeats belong to Study.optimize; run_trial sends them itself.
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = optuna_study.ask()
+        with get_heartbeat_thread(trial._trial_id, optuna_study._storage):  # noqa: SLF001
+            return _measure_trial(optuna_study, trial, study, backend)
+    except BaseException as error:
+        if trial is not None:
+            _record_failure(optuna_study, trial, error)
+        raise
 
 
 def _measure_trial(optuna_study: optuna.Study, trial: optuna.Trial, study: Study, backend: Backend) -> TrialOutcome:
@@ -194,20 +209,19 @@ def _measure_trial(optuna_study: optuna.Study, trial: optuna.Trial, study: Study
         repeats = [measure(backend, config) for _ in range(study.spec.repeats)]
         result: Measurement = repeats[0] if len(repeats) == 1 else combine_repeats(repeats)
     except (DeployError, MeasureError) as error:
-        trial.set_user_attr("fail_reason", error.reason)
-        trial.set_user_attr("fail_message", error.message)
-        save_note(trial, failure_note(config, error.reason, error.message))
-        optuna_study.tell(trial, state=TrialState.FAIL)
+        with signals.atomic():
+            trial.set_user_attr("fail_reason", error.reason)
+            trial.set_user_attr("fail_message", error.message)
+            save_note(trial, failure_note(config, error.reason, error.message))
+            optuna_study.tell(trial, state=TrialState.FAIL)
         return TrialOutcome(trial.number, TrialState.FAIL, None, f"{error.reason}: {error.message}")
-    except BaseException as error:  # Ctrl-C, or a bug: record why, then let it propagate
-        _record_failure(optuna_study, trial, error)
-        raise
-    for key, value in result.as_dict().items():
-        trial.set_user_attr(key, value)
-    record_constraints(trial, [result.error_rate - study.spec.max_error_rate])
-    save_note(trial, trial_note(config, result))
     values = [float(getattr(result, o.metric)) for o in study.spec.objectives]
-    optuna_study.tell(trial, values)
+    with signals.atomic():  # the measured trial is recorded whole
+        for key, value in result.as_dict().items():
+            trial.set_user_attr(key, value)
+        record_constraints(trial, [result.error_rate - study.spec.max_error_rate])
+        save_note(trial, trial_note(config, result))
+        optuna_study.tell(trial, values)
     summary = (f"ART {result.art_ms:.2f} ms, ACU {result.acu_cores:.3f} cores, p95 {result.p95_ms:.2f} ms, "
                f"{result.throughput_rps:.0f} req/s, errors {result.errors}")
     if result.retried_requests or result.replicas_killed:
@@ -246,14 +260,19 @@ def _configure(trial: optuna.Trial, study: Study, backend: Backend) -> Config:
 
 
 def _record_failure(optuna_study: optuna.Study, trial: optuna.Trial, error: BaseException) -> None:
-    """Best effort: a second Ctrl-C or a storage error here must not hide the first error;
-    a trial left RUNNING is failed as abandoned when the study resumes."""
+    """Fail a trial that is still RUNNING, with why. One more stop signal waits for this
+    (`signals.atomic`); a storage error here must not hide the first error, and a trial left
+    RUNNING is failed as abandoned when the study resumes."""
+    interrupted = isinstance(error, KeyboardInterrupt)
+    message = (f"stopped by {signals.signal_name(error)}" if interrupted  # type: ignore[arg-type]
+               else f"{type(error).__name__}: {error}"[:1000])
     try:
-        trial.set_user_attr("fail_reason", "interrupted" if isinstance(error, KeyboardInterrupt) else "error")
-        trial.set_user_attr("fail_message", f"{type(error).__name__}: {error}"[:1000])
-        optuna_study.tell(trial, state=TrialState.FAIL)
-    except Exception:  # noqa: BLE001
-        pass
+        with signals.atomic():
+            trial.set_user_attr("fail_reason", "interrupted" if interrupted else "error")
+            trial.set_user_attr("fail_message", message)
+            optuna_study.tell(trial, state=TrialState.FAIL)
+    except (optuna.exceptions.OptunaError, SQLAlchemyError) as record_error:  # not RUNNING any more, or no storage
+        warnings.warn(f"trial {trial.number}: could not record why it stopped ({record_error})", stacklevel=2)
 
 
 class TrialEvents(Protocol):

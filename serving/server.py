@@ -2,7 +2,8 @@
 
 Start-up order follows tensorflow_model_server: bind the ports, then load the model, so a
 client polling GetModelStatus sees LOADING and then AVAILABLE. SIGTERM and SIGINT stop the
-server gracefully (in-flight requests get up to a second to finish).
+server gracefully (in-flight requests get up to a second to finish); before it serves
+(importing TensorFlow, loading the model) they stop it at once. Either way it exits 0.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import signal
 import sys
 import threading
+from types import FrameType
 
 from serving.flags import ServerFlags, parse_flags
 from serving.tensorflow_import import import_tensorflow
@@ -23,6 +25,26 @@ def _address(host: str, port: int) -> str:
 
 
 def serve(flags: ServerFlags) -> int:
+    stop = threading.Event()
+    serving = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        """Stop: once serving, after the loop below drains; before that (importing TensorFlow,
+        loading the model, which can take many seconds) at once."""
+        stop.set()
+        if not serving.is_set():
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    try:
+        return _serve(flags, stop, serving)
+    except KeyboardInterrupt as interrupt:
+        log.info("stopped by %s while starting", interrupt)
+        return 0
+
+
+def _serve(flags: ServerFlags, stop: threading.Event, serving: threading.Event) -> int:
     import_tensorflow(without_keras=True)
     from serving.grpc_api import start_grpc
     from serving.model_server import ModelServer
@@ -30,9 +52,6 @@ def serve(flags: ServerFlags) -> int:
 
     model = ModelServer(flags.model_name, flags.model_base_path, flags.batching,
                         flags.intra_op_threads, flags.inter_op_threads)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     try:
         grpc_server, grpc_port = start_grpc(model, _address(flags.host, flags.port),
                                             flags.grpc_max_threads, flags.max_request_bytes)
@@ -50,6 +69,9 @@ def serve(flags: ServerFlags) -> int:
         except Exception as error:  # noqa: BLE001 - report any load failure as one line
             log.error("failed to load model %s: %s", flags.model_name, error)
             return 1
+        serving.set()
+        if stop.is_set():  # the signal came between the load's end and here
+            return 0
         print(f"optdse-serve: serving {flags.model_name} version {model.version} on "
               f"{_address(flags.host, grpc_port)}", flush=True)
         while not stop.wait(timeout=1.0):

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import psutil
+
 from optdse.config import ServerConfig
 from optdse.deploy.runs import Run
 
@@ -52,6 +54,23 @@ class ResourceSample:
     cpu_seconds: tuple[float, ...]
     memory_bytes: tuple[int, ...]
     nodes: tuple[str, ...] = ()  # the host of each replica (swarm); empty: all on this host
+
+
+def beyond_host(cpus: float, memory_mb: float, cpus_label: str = "--cpus",
+                memory_label: str = "--memory") -> list[str]:
+    """One-line warnings for per-replica limits larger than this host ("--cpus 50 is more
+    than this host's 2 cores ..."): such a limit never binds here, so configurations that
+    differ only above it measure the same. Users may mean bigger hosts (swarm nodes), so
+    these are warnings, not errors."""
+    why = "the limit cannot bind here (fine if replicas run on bigger swarm nodes)"
+    warnings = []
+    cores = psutil.cpu_count() or 1
+    if cpus > cores:
+        warnings.append(f"{cpus_label} {cpus:g} is more than this host's {cores} cores: {why}")
+    memory = psutil.virtual_memory().total / 2**20
+    if memory_mb > memory:
+        warnings.append(f"{memory_label} {memory_mb:g} MB is more than this host's {memory:.0f} MB: {why}")
+    return warnings
 
 
 class DeployError(RuntimeError):

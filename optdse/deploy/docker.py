@@ -304,32 +304,39 @@ class DockerBackend(ReplicaChecks):
         try:
             self._drop(self.replicas)
             self.current = None
+            remove_labelled(self.client, lambda run_id: run_id == self.run.run_id)
         finally:
             self.run.finish()
 
 
 def clean_stale_containers(live_runs: set[str]) -> list[str]:
     """Remove the Swarm services and containers of optdse runs that are no longer alive
-    (found by their optdse.run label); return their names. Services go first, or Swarm would
-    replace the containers just removed."""
+    (found by their optdse.run label); return their names."""
     try:
         client = docker_client()
     except DeployError:
         return []
-    def stale(run_id: str | None) -> bool:
-        return run_id not in live_runs and not (run_id and run_owner_alive(run_id))
+    return remove_labelled(client, lambda run_id: run_id not in live_runs and not (run_id and run_owner_alive(run_id)))
 
+
+def remove_labelled(client: Any, whose: Callable[[str | None], bool]) -> list[str]:
+    """Remove the services and containers labelled with an optdse run id for which `whose`
+    is true; return their names. Services go first, or Swarm would replace the containers
+    just removed. A backend's close sweeps its own run this way too: a container or service
+    created as Ctrl-C arrived exists in the engine before the backend holds its id."""
     removed = []
     if client.info().get("Swarm", {}).get("ControlAvailable"):
         for service in client.services.list(filters={"label": LABEL_RUN}):
-            if stale(service.attrs["Spec"].get("Labels", {}).get(LABEL_RUN)):
+            if whose(service.attrs["Spec"].get("Labels", {}).get(LABEL_RUN)):
                 service.remove()
                 removed.append(service.name)
     for container in client.containers.list(all=True, filters={"label": LABEL_RUN}, ignore_removed=True):
-        if stale(container.labels.get(LABEL_RUN)):
-            container.remove(force=True)
+        if whose(container.labels.get(LABEL_RUN)):
+            try:
+                container.remove(force=True)
+            except docker_errors().NotFound:  # a service's task, gone with its service
+                continue
             removed.append(container.name)
     return removed
 
-
-__all__ = ["HOST_PYTHON_IMAGE", "DockerBackend", "ServingImage", "clean_stale_containers", "docker_client"]
+__all__ = ["HOST_PYTHON_IMAGE", "DockerBackend", "ServingImage", "clean_stale_containers", "docker_client", "remove_labelled"]

@@ -124,12 +124,13 @@ class Replica:
             cgroup.set_cpus(None)
             cgroup.set_memory(memory_mb)
             command = cgroup.wrap(command)
-        with self.log_path.open("wb") as log:
+        # Started and recorded, or neither: a replica nobody recorded is one nobody stops.
+        with signals.atomic(), self.log_path.open("wb") as log:
             # A session of its own: Ctrl-C in the terminal reaches optdse, which stops the
             # replicas in order, rather than every replica at once mid-trial.
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             start_new_session=True)
-        run.record_replica(name, self.process.pid, self.port, cgroup.relative if cgroup else None)
+            run.record_replica(name, self.process.pid, self.port, cgroup.relative if cgroup else None)
         self._psutil = psutil.Process(self.process.pid)
         self._psutil_peak = 0
 

@@ -67,8 +67,12 @@ class Run:
     def forget_replica(self, name: str) -> None:
         (self.directory / f"{name}.json").unlink(missing_ok=True)
 
-    def finish(self) -> None:
+    def finish(self) -> list[int]:
+        """End the run: stop whatever it recorded and has not stopped yet (a replica started
+        as Ctrl-C arrived, before its backend knew it), remove its record. Returns those pids."""
+        stopped = stop_recorded(self.directory)
         shutil.rmtree(self.directory, ignore_errors=True)
+        return stopped
 
 
 @contextlib.contextmanager
@@ -125,6 +129,24 @@ def _stop(process: psutil.Process, grace: float = 10.0) -> None:
         pass
 
 
+def stop_recorded(directory: Path) -> list[int]:
+    """Stop the processes recorded in a run's directory that still run (checked against their
+    start times, so a reused pid is never hit); their pids."""
+    stopped = []
+    for record in directory.glob("*.json"):
+        if record.name == "owner.json":
+            continue
+        try:
+            info = json.loads(record.read_text())
+        except (OSError, ValueError):  # removed meanwhile, or cut short by a kill while written
+            continue
+        process = live_process(info["pid"], info["create_time"])
+        if process is not None:
+            _stop(process)
+            stopped.append(info["pid"])
+    return stopped
+
+
 def run_owner_alive(run_id: str) -> bool:
     """Whether the optdse process a run id names (`<pid>-<start time in ms>`, see Run.start) runs."""
     pid, _, started_ms = run_id.partition("-")
@@ -150,14 +172,7 @@ def clean_stale_runs(driver: CgroupDriver | None) -> CleanReport:
         if _owner_alive(directory):
             live.add(directory.name)
             continue
-        for record in directory.glob("*.json"):
-            if record.name == "owner.json":
-                continue
-            info = json.loads(record.read_text())
-            process = live_process(info["pid"], info["create_time"])
-            if process is not None:
-                _stop(process)
-                report.processes.append(info["pid"])
+        report.processes += stop_recorded(directory)
         shutil.rmtree(directory, ignore_errors=True)
         report.runs.append(directory.name)
     if driver is not None:
@@ -206,4 +221,4 @@ def remove_run_groups(driver: CgroupDriver, run_id: str) -> tuple[list[int], lis
 
 
 __all__ = ["CleanReport", "Run", "clean_stale_runs", "live_process", "measuring_lock", "other_live_runs",
-           "remove_run_groups", "run_owner_alive", "state_dir"]
+           "remove_run_groups", "run_owner_alive", "state_dir", "stop_recorded"]

@@ -13,7 +13,7 @@ again when the run ends.
 Unlike the local and docker backends, the CPU limit holds from the task's start (it is part
 of the service spec), so replicas with a small CPU share take longer to become ready.
 
-Several nodes (README "Scaling out"): tasks go only to nodes labelled `optdse.serve=true`
+Several nodes (docs/scaling-out.md): tasks go only to nodes labelled `optdse.serve=true`
 (a placement constraint, required once the swarm has more than one node, so the load
 generator's host is chosen by the user) and each task listens on its node's swarm address
 instead of loopback, since the load generator must reach it. A one-node swarm keeps
@@ -35,7 +35,8 @@ from typing import Any
 from optdse.config import ServerConfig
 from optdse.deploy.base import DeployError, Endpoint, ResourceSample
 from optdse.deploy.cgroups import Cgroup
-from optdse.deploy.docker import LABEL_RUN, ServingImage, container_cgroup, docker_client, docker_errors
+from optdse.deploy.docker import (LABEL_RUN, ServingImage, container_cgroup, docker_client, docker_errors,
+                                  remove_labelled)
 from optdse.deploy.local import HOST, wait_available
 from optdse.deploy.runs import Run
 
@@ -380,6 +381,7 @@ class SwarmBackend:
         """Remove the service; leave the swarm too if this run initialised it (--swarm-init)."""
         try:
             self._remove_service()
+            remove_labelled(self.client, lambda run_id: run_id == self.run.run_id)  # one created as Ctrl-C came
             for engine in self._engines.values():
                 engine.close()
             if self.initialised_swarm:
