@@ -27,6 +27,7 @@ from typing import Protocol
 import grpc
 import psutil
 
+from optdse import signals
 from optdse.config import ServerConfig
 from optdse.deploy.base import DeployError, Endpoint, ReplicaChecks, ResourceSample
 from optdse.deploy.cgroups import Cgroup, CgroupDriver

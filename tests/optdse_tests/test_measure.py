@@ -78,3 +78,12 @@ def test_without_cgroups_it_says_so_and_still_measures(project: Path, monkeypatc
     figures = json.loads(done.stdout)
     assert figures["limits_enforced"] is False and figures["accounting"] == "psutil"
     assert figures["acu_cores"] > 0 and figures["mem_peak_mb"] > 100  # psutil saw the TF process
+
+
+def test_limits_larger_than_the_host_get_a_warning_and_still_run(project: Path, cgroup_driver: CgroupDriver) -> None:
+    done = optdse(project, "measure", "--cpus", "50", "--memory", "1000000", "--requests", "100", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["requests_sent"] == 100
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2, done.stderr
+    assert "--cpus 50 is more than this host's" in warnings[0] and "--memory 1000000 MB" in warnings[1]
