@@ -292,7 +292,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    from optdse.dashboard import save_hypervolume_plot, serve
+    from optdse.dashboard import dashboard_server, save_hypervolume_plot
 
     found = _stored_study("dashboard", args)
     if isinstance(found, int):
@@ -300,14 +300,17 @@ def _dashboard(args: argparse.Namespace) -> int:
     study, storage = found
     save_hypervolume_plot(study)
     try:
-        server = serve(storage, args.port)
+        server = dashboard_server(storage, args.port)
     except OSError as error:  # a busy port is one line, not a server traceback
         return _fail("dashboard", f"--port {args.port}: cannot listen on 127.0.0.1:{args.port} ({error.strerror})")
     print(f"optuna-dashboard for {study.study_name} ({_shown(storage)}): http://127.0.0.1:{args.port}/dashboard/", flush=True)
     console.print("  each trial's page has its figures as a note; the study's page has the hypervolume history."
                   "\n  Ctrl-C stops it.")
     with server:
-        server.serve_forever(poll_interval=0.5)  # until a stop signal raises here
+        try:
+            server.serve_forever(poll_interval=0.5)  # until a stop signal raises here
+        except KeyboardInterrupt as interrupt:  # the way a server is meant to end: exit 0, like optdse-serve
+            console.print(f"optdse dashboard: stopped by {signals.signal_name(interrupt)}")
     return 0
 
 

@@ -87,7 +87,7 @@ class _QuietHandler(WSGIRequestHandler):
         """No line per request on stderr (the command prints its own)."""
 
 
-def serve(storage: str | optuna.storages.BaseStorage, port: int, host: str = "127.0.0.1") -> WSGIServer:
+def dashboard_server(storage: str | optuna.storages.BaseStorage, port: int, host: str = "127.0.0.1") -> WSGIServer:
     """optuna-dashboard for `storage`, listening on host:port (an OSError if it cannot). Use it
     as a context manager (which closes its socket) and call `serve_forever`: it serves until a
     stop signal (`optdse.signals`) or Ctrl-C raises in the main thread."""
@@ -95,4 +95,4 @@ def serve(storage: str | optuna.storages.BaseStorage, port: int, host: str = "12
 
     return make_server(host, port, wsgi(storage), server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
 
-__all__ = ["failure_note", "save_hypervolume_plot", "serve", "trial_note"]
+__all__ = ["dashboard_server", "failure_note", "save_hypervolume_plot", "trial_note"]

@@ -169,7 +169,13 @@ async def serve(spec: dict) -> None:
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                          upstream: tuple = upstream) -> None:
-            await _relay(reader, writer, upstream, impairment, rng)
+            try:
+                await _relay(reader, writer, upstream, impairment, rng)
+            except asyncio.CancelledError:
+                # The relay is stopping (asyncio.run cancels what is left). Ending normally
+                # keeps Python 3.11's start_server callback from logging the cancellation
+                # as an error with a traceback.
+                writer.close()
 
         servers.append(await asyncio.start_server(handle, sock=sock))
     print(json.dumps({"ports": [sock.getsockname()[1] for sock in sockets]}), flush=True)
@@ -182,7 +188,14 @@ async def serve(spec: dict) -> None:
         server.close()
 
 
+def _exit_quietly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def main() -> None:
+    # Until the event loop takes them over, a stop signal ends the relay as quietly as after.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_quietly)
     # Die with the optdse process that started this relay, even if it is SIGKILLed.
     spec = json.loads(sys.argv[1])
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

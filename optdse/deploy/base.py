@@ -69,7 +69,7 @@ def beyond_host(cpus: float, memory_mb: float, cpus_label: str = "--cpus",
         warnings.append(f"{cpus_label} {cpus:g} is more than this host's {cores} cores: {why}")
     memory = psutil.virtual_memory().total / 2**20
     if memory_mb > memory:
-        warnings.append(f"{memory_label} {memory_mb:g} MB is more than this host's {memory:.0f} MB: {why}")
+        warnings.append(f"{memory_label} {memory_mb:.0f} MB is more than this host's {memory:.0f} MB: {why}")
     return warnings
 
 

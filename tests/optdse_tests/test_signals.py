@@ -6,15 +6,18 @@ container, no state record).
 Each case starts the real command, waits until it has reached a named moment (opening a
 storage that does not answer, deploying a replica, driving load, waiting for other workers,
 serving a request), sends the signal to its pid alone (not its process group: the harder case,
-where no child hears the signal too) and checks what it left.
+where no child hears the signal too) and checks what it left. Servers (`optdse dashboard` once
+it serves, `optdse-serve`, the network relay) end that way normally and exit 0.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -28,8 +31,9 @@ import pytest
 from optuna.trial import TrialState
 
 from optdse.deploy.cgroups import CgroupDriver
+from optdse.deploy.docker import LABEL_RUN, docker_client
 from optdse.deploy.local import free_port
-from tests.optdse_tests.conftest import write_study
+from tests.optdse_tests.conftest import require_docker, write_study
 from tests.serving_process import ServerProcess, optdse_command
 
 pytestmark = pytest.mark.usefixtures("cgroup_driver")
@@ -203,8 +207,9 @@ def _loading(command: Command) -> bool:
     return False
 
 
-def _stopped_cleanly(command: Command, output: str, signum: int) -> None:
-    assert command.process.returncode == 128 + signum, output[-3000:]
+def _stopped_cleanly(command: Command, output: str, signum: int, code: int | None = None) -> None:
+    """Exit `code` (default 128 + the signal's number), no traceback, nothing left."""
+    assert command.process.returncode == (128 + signum if code is None else code), output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     assert f"stopped by {signal.Signals(signum).name}" in output, output[-3000:]
     assert not command.leftovers(), command.leftovers()
@@ -342,7 +347,7 @@ def test_dashboard_stops_while_serving_requests(start: Callable[..., Command], p
         asking.join(10)
         half.close()
     assert answered, "the dashboard answered no request"
-    _stopped_cleanly(command, output, signum)
+    _stopped_cleanly(command, output, signum, code=0)  # a server's normal end, as optdse-serve's
 
 
 @pytest.mark.parametrize("signum", SIGNALS)
@@ -384,3 +389,54 @@ def _predict_in_a_loop(server: ServerProcess) -> threading.Thread:
     thread.start()
     time.sleep(0.3)  # requests are flowing
     return thread
+
+
+@pytest.mark.parametrize("signum", SIGNALS)
+@pytest.mark.parametrize("moment", ["listening", "relaying"])
+def test_the_network_relay_stops_at_any_moment(moment: str, signum: int) -> None:
+    """optdse/relay.py (the userspace network impairment) exits 0 without a traceback, idle or
+    with a connection open through it, delayed."""
+    upstream = socket.socket()
+    upstream.bind(("127.0.0.1", 0))
+    upstream.listen(1)
+    spec = {"routes": [{"listen": ["127.0.0.1", 0], "upstream": ["127.0.0.1", upstream.getsockname()[1]]}],
+            "impairment": {"delay_ms": 50.0, "jitter_ms": 0.0, "loss_pct": 0.0}, "seed": 1,
+            "parent": os.getpid(), "listen_netns": None}
+    relay = subprocess.Popen([sys.executable, "-m", "optdse.relay", json.dumps(spec)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    client = held = None
+    try:
+        assert relay.stdout is not None
+        (port,) = json.loads(relay.stdout.readline())["ports"]
+        if moment == "relaying":
+            client = socket.create_connection(("127.0.0.1", port), timeout=10)
+            client.sendall(b"x" * 100_000)  # on its way through the relay's delay queue
+            upstream.settimeout(10)
+            held = upstream.accept()[0]  # the relay's upstream connection, kept open
+        relay.send_signal(signum)
+        _, errors = relay.communicate(timeout=STOP_BOUND_S)
+    finally:
+        if relay.poll() is None:
+            relay.kill()
+            relay.wait(10)
+        for connection in (client, held, upstream):
+            if connection is not None:
+                connection.close()
+    assert relay.returncode == 0 and "Traceback" not in errors, errors
+
+
+@pytest.mark.parametrize("signum", SIGNALS)
+def test_measure_on_docker_stops_while_its_container_starts(start: Callable[..., Command], signum: int) -> None:
+    """A container created as the signal arrives is removed too (the backend sweeps its run's label)."""
+    require_docker()
+    client = docker_client()
+    command = start("measure", "--backend", "docker", *LONG_LOAD)
+
+    def containers() -> list[object]:
+        return [c for c in client.containers.list(all=True, filters={"label": LABEL_RUN}, ignore_removed=True)
+                if c.labels[LABEL_RUN].startswith(f"{command.process.pid}-")]
+
+    command.wait_for("a container exists", lambda c: bool(containers()))
+    output = command.signal_and_wait(signum)
+    _stopped_cleanly(command, output, signum)
+    assert not containers()

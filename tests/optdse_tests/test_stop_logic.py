@@ -92,5 +92,5 @@ def test_limits_larger_than_this_host_warn_in_one_line_each() -> None:
     assert beyond_host(cores, memory_mb * 0.99) == []
     cpus, memory = beyond_host(cores + 48, memory_mb * 2)
     assert cpus.startswith(f"--cpus {cores + 48} is more than this host's {cores} cores")
-    assert memory.startswith(f"--memory {memory_mb * 2:g} MB is more than this host's {memory_mb:.0f} MB")
+    assert memory.startswith(f"--memory {memory_mb * 2:.0f} MB is more than this host's {memory_mb:.0f} MB")
     assert all("\n" not in warning and "swarm" in warning for warning in (cpus, memory))
