@@ -46,6 +46,7 @@ import numpy as np
 if TYPE_CHECKING:
     from multiprocessing.sharedctypes import Synchronized
 
+from optdse import signals
 from optdse.config import PROTOCOLS, ProtocolName
 from optdse.http1 import KeptAliveConnection, ProtocolError
 
@@ -366,13 +367,17 @@ def run_load(plan: LoadPlan, timeout_s: float = 3600.0, on_start: Callable[[], N
     workers = plan.worker_count()
     processes = []
     collected: list[tuple[list[tuple[float, float, bool, str, int, int]], float, float]] = []
-    for w in range(workers):
-        ids = list(range(w, plan.threads, workers))
-        p = context.Process(target=_worker, args=(plan, ids, [counts[i] for i in ids], ready, go, results, start),
-                            name=f"optdse-load-{w}", daemon=True)
-        p.start()
-        processes.append(p)
     try:
+        for w in range(workers):
+            ids = list(range(w, plan.threads, workers))
+            p = context.Process(target=_worker, args=(plan, ids, [counts[i] for i in ids], ready, go, results, start),
+                                name=f"optdse-load-{w}", daemon=True)
+            # A stop between the fork and the append would leave a worker the `finally` cannot
+            # kill: at exit multiprocessing unlinks the queues' semaphores before it terminates
+            # daemons, and a worker still unpickling them prints a FileNotFoundError traceback.
+            with signals.atomic():
+                p.start()
+                processes.append(p)
         _wait_ready(ready, processes)
         started = start.value = time.perf_counter()
         go.set()
