@@ -23,9 +23,10 @@ from rich.console import Console  # noqa: E402
 
 from optdse.config import ClientConfig, Config, ServerConfig  # noqa: E402
 from optdse.deploy.local import LocalBackend  # noqa: E402
-from optdse.models import ensure_model  # noqa: E402
+from optdse.models import BUILTINS, ensure_model  # noqa: E402
+from optdse.models import builtin  # noqa: E402
 from optdse.objective import measure  # noqa: E402
-from optdse.payloads import UNITS, build_payload  # noqa: E402
+from optdse.payloads import build_payload  # noqa: E402
 
 # model -> (small, large) file sizes: the ends of each study's search space
 SIZES = {"mnist": (1, 128), "inception": (64, 4096), "nmt": (16, 1171), "deepspeech": (1, 30)}
@@ -51,7 +52,7 @@ def main() -> None:
         try:
             for round_index in range(args.rounds):
                 for size in sizes:
-                    config = Config(ServerConfig(model, replicas=1, cpus=1.0, memory_mb=3000),
+                    config = Config(ServerConfig(builtin(model), replicas=1, cpus=1.0, memory_mb=3000),
                                     ClientConfig(threads=1, file_size=size, requests=200, duration_s=args.duration))
                     result = measure(backend, config)
                     art[model][size].append(result.art_ms)
@@ -65,7 +66,7 @@ def main() -> None:
     for model, sizes in SIZES.items():
         small, large = (statistics.median(art[model][s]) for s in sizes)
         sized = [f"{s} ({_bytes(build_payload(model, s).bytes_per_request)})" for s in sizes]
-        print(f"| {model} | {UNITS[model]} | {sized[0]} | {small:.1f} ms | {sized[1]} | {large:.1f} ms "
+        print(f"| {model} | {BUILTINS[model]} | {sized[0]} | {small:.1f} ms | {sized[1]} | {large:.1f} ms "
               f"| {large / small:.1f}x |")
         ratios.append(f"{model} {large / small:.1f}x")
     print("ART of the largest over the smallest file: " + ", ".join(ratios))

@@ -54,6 +54,7 @@ from optdse.deploy.base import Endpoint
 from optdse.deploy.local import LocalBackend
 from optdse.load import LoadPlan, LoadResult, run_load
 from optdse.models import ensure_model
+from optdse.models import builtin
 from optdse.payloads import Payload, build_payload
 
 CONCURRENCIES = (1, 4)
@@ -110,7 +111,7 @@ class Run:
 def optdse_run(endpoint: Endpoint, payload: Payload, threads: int, seconds: float) -> Run:
     """run_load for `seconds` at `threads` closed-loop threads; the mean over every OK request
     (wrk cuts no warm-up either)."""
-    plan = LoadPlan(targets=(endpoint.target_for(payload.protocol),), body=payload.body, batch=payload.batch,
+    plan = LoadPlan(targets=(endpoint.target_for(payload.protocol),), bodies=payload.bodies, batches=payload.batches,
                     threads=threads, requests=10**9, duration_s=seconds, deadline_s=10,
                     protocol=payload.protocol, path=payload.path)
     result: LoadResult = run_load(plan, timeout_s=seconds + 60)
@@ -171,7 +172,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="optdse-fidelity-"))
     try:
         with console.status("starting one optdse-serve replica ..."):
-            (endpoint,) = backend.apply(ServerConfig("mnist", replicas=1, cpus=2.0, memory_mb=2000))
+            (endpoint,) = backend.apply(ServerConfig(builtin("mnist"), replicas=1, cpus=2.0, memory_mb=2000))
         rest, grpc = build_payload("mnist", 1, "rest"), build_payload("mnist", 1, "grpc")
         body_path = workdir / "body.json"
         body_path.write_bytes(rest.body)

@@ -29,6 +29,7 @@ from optdse.config import ClientConfig, Config, NetworkConfig, ServerConfig  # n
 from optdse.deploy.local import LocalBackend  # noqa: E402
 from optdse.measurement import Measurement  # noqa: E402
 from optdse.models import ensure_model  # noqa: E402
+from optdse.models import builtin  # noqa: E402
 from optdse.network import netem_support  # noqa: E402
 from optdse.objective import measure  # noqa: E402
 
@@ -45,8 +46,8 @@ def main() -> None:
     console = Console(stderr=True, soft_wrap=True)
     backend = LocalBackend(ensure_model("mnist", console), warn=lambda text: console.print(f"warning: {text}"))
     method = "netem" if netem_support(backend.run.run_id) is None else "proxy"
-    one = ServerConfig("mnist", replicas=1, cpus=1.0, memory_mb=1000)
-    two = ServerConfig("mnist", replicas=2, cpus=1.0, memory_mb=1000)
+    one = ServerConfig(builtin("mnist"), replicas=1, cpus=1.0, memory_mb=1000)
+    two = ServerConfig(builtin("mnist"), replicas=2, cpus=1.0, memory_mb=1000)
     cases: dict[str, Config] = {
         "direct": Config(one, ClientConfig(threads=2, file_size=1, requests=args.requests)),
         method: Config(one, ClientConfig(threads=2, file_size=1, requests=args.requests,

@@ -12,13 +12,15 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from optdse import signals
 from optdse.config import GRACE_HEARTBEATS, HEARTBEAT_S, NETWORK_METHODS, PROTOCOLS
-from optdse.spec import MODELS
+
+if TYPE_CHECKING:
+    from optdse.models import Model
 
 console = Console(stderr=True, soft_wrap=True)  # log lines stay whole when piped
 
@@ -50,7 +52,7 @@ def _model_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _backend(name: str, model: str, args: argparse.Namespace, image: str = "host-python") -> Any:
+def _backend(name: str, model: Model, args: argparse.Namespace, image: str = "host-python") -> Any:
     """The named backend, ready to deploy `model` (exported on first use) from `image`
     (docker and swarm only), with the command line's swarm options."""
     from optdse.models import ensure_model
@@ -99,7 +101,7 @@ def _grid(args: argparse.Namespace) -> int:
             console.print(f"resuming: {retried} interrupted grid point(s) will be measured again")
         space = grid_space(study, args.levels)
         size = grid_size(space)
-        console.print(f"grid of {study.name}: {size} configurations ("
+        console.print(f"grid of {study.name} ({study.model.name}, file size: {study.model.unit}): {size} configurations ("
                       + " x ".join(f"{len(v)} {k}" for k, v in space.items()) + ")")
         return grid, size
 
@@ -170,7 +172,7 @@ def _measure_trials(command: str, args: argparse.Namespace, study: Any, url: str
                                f"{study.path}: memory_mb up to"):
         _warn(warning)
     try:
-        backend = _backend(args.backend or study.spec.backend, study.spec.model, args, args.image or study.spec.image)
+        backend = _backend(args.backend or study.spec.backend, study.model, args, args.image or study.spec.image)
     except DeployError as error:
         return _fail(command, error.message, code=1)
     try:
@@ -186,7 +188,8 @@ def _measure_trials(command: str, args: argparse.Namespace, study: Any, url: str
     from optdse.export import pareto_frame
 
     name = optuna_study.study_name
-    console.print(f"\nPareto front of {name} ({len(pareto_frame(optuna_study))} configurations):")
+    console.print(f"\nPareto front of {name} ({len(pareto_frame(optuna_study))} configurations; model "
+                  f"{study.model.name}, file size = {study.model.unit}):")
     console.print(StudyProgress.pareto_table(optuna_study))
     noise = repeatability(optuna_study)
     if noise is not None:
@@ -202,17 +205,24 @@ def _measure_trials(command: str, args: argparse.Namespace, study: Any, url: str
 def _measure(args: argparse.Namespace) -> int:
     from optdse.config import ClientConfig, Config, NetworkConfig, ServerConfig
     from optdse.deploy.base import DeployError, beyond_host
+    from optdse.models import ModelError, resolve
     from optdse.objective import MeasureError, measure
 
+    try:
+        model = resolve(args.model, args.signature, args.request_file, args.size_axis)
+    except ModelError as error:
+        option = {"path": "--model", "name": "--model", "signature": "--signature", "request_file": "--request-file",
+                  "size_axis": "--size-axis"}[error.key]
+        return _fail("measure", f"{option}: {error}")
     network = NetworkConfig(args.delay_ms, args.jitter_ms, args.loss_pct, args.network_method)
-    config = Config(ServerConfig(args.model, args.replicas, args.cpus, args.memory),
+    config = Config(ServerConfig(model, args.replicas, args.cpus, args.memory),
                     ClientConfig(args.threads, args.file_size, args.requests, args.warmup_fraction, args.duration,
                                  args.protocol, network=network, deadline_s=args.deadline_ms / 1e3,
                                  retries=args.retries, chaos_kill_after_s=args.kill_replica_after))
     for warning in beyond_host(args.cpus, args.memory):
         _warn(warning)
     try:
-        backend = _backend(args.backend, args.model, args, args.image)
+        backend = _backend(args.backend, model, args, args.image)
     except DeployError as error:
         return _fail("measure", error.message, code=1)
     try:
@@ -223,7 +233,7 @@ def _measure(args: argparse.Namespace) -> int:
     finally:
         with signals.atomic():
             backend.close()
-    figures = {"config": config.describe(), "protocol": config.client.protocol, **result.as_dict()}
+    figures = {"config": config.describe(), "protocol": config.client.protocol, **model.record(), **result.as_dict()}
     if args.json:
         print(json.dumps(figures))
         return 0
@@ -395,6 +405,8 @@ def _add_trial_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from optdse.models import BUILTINS
+
     parser = argparse.ArgumentParser(prog="optdse", description="Bayesian design-space optimizer for model serving.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -417,10 +429,19 @@ def build_parser() -> argparse.ArgumentParser:
     grid.set_defaults(run=_grid)
 
     measure = commands.add_parser("measure", help="measure one configuration, as a trial would")
-    measure.add_argument("--model", default="mnist", choices=MODELS)
+    measure.add_argument("--model", default="mnist", metavar="NAME_OR_PATH",
+                         help=f"a built-in model ({', '.join(BUILTINS)}; default mnist) or a SavedModel base path "
+                              "(version folders inside, as TF Serving's --model_base_path)")
+    measure.add_argument("--signature", help="a SavedModel's signature to call (default serving_default)")
+    measure.add_argument("--request-file", type=Path, metavar="FILE.jsonl",
+                         help="a SavedModel's requests: TF Serving REST predict bodies, one JSON object a line "
+                              "(default: inputs generated from the signature)")
+    measure.add_argument("--size-axis", type=_non_negative_int, metavar="AXIS",
+                         help="a SavedModel's input axis that --file-size sets (default 0: rows per request)")
     measure.add_argument("--threads", type=_positive_int, default=1, help="closed-loop client threads")
     measure.add_argument("--file-size", type=_positive_int, default=1,
-                         help="MNIST: images per request; Inception: JPEG edge (px); NMT: tokens; DeepSpeech: seconds")
+                         help="MNIST: images per request; Inception: JPEG edge (px); NMT: tokens; DeepSpeech: "
+                              "seconds; a SavedModel: rows per request (or the size of --size-axis)")
     measure.add_argument("--replicas", type=_positive_int, default=1)
     measure.add_argument("--cpus", type=_cpus, default=1.0, help="CPU cores per replica")
     measure.add_argument("--memory", type=_positive_int, default=1000, help="memory per replica, MB")
@@ -494,6 +515,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:  # stopped before or after the part that says more
         console.print(f"optdse {args.command}: stopped by {signals.signal_name(interrupt)}")
         return signals.exit_code(interrupt)
+    finally:
+        if "optdse.load" in sys.modules:  # it ran load: its helper processes end before the command does
+            try:
+                sys.modules["optdse.load"].stop_helpers()
+            except KeyboardInterrupt:  # one more signal: they end by themselves a moment later
+                pass
 
 
 if __name__ == "__main__":

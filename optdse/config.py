@@ -7,7 +7,10 @@ load generator only `ClientConfig`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from optdse.models import Model
 
 #: How the load generator talks to the replicas: TF Serving's gRPC Predict or its REST predict.
 ProtocolName = Literal["grpc", "rest"]
@@ -42,10 +45,10 @@ class NetworkConfig:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """What is deployed: `replicas` optdse-serve replicas of `model`, each limited to
-    `cpus` cores (a CFS quota, not pinning) and `memory_mb` MiB."""
+    """What is deployed: `replicas` optdse-serve replicas of `model` (served under
+    `model.name`), each limited to `cpus` cores (a CFS quota, not pinning) and `memory_mb` MiB."""
 
-    model: str
+    model: Model
     replicas: int
     cpus: float
     memory_mb: int
@@ -77,7 +80,7 @@ class Config:
 
     def describe(self) -> str:
         s, c = self.server, self.client
-        return (f"{s.replicas} x {s.model} ({s.cpus:g} CPU, {s.memory_mb} MB), "
+        return (f"{s.replicas} x {s.model.name} ({s.cpus:g} CPU, {s.memory_mb} MB), "
                 f"{c.threads} threads, file size {c.file_size}, {c.requests} requests"
                 + (f" or {c.duration_s:g} s" if c.duration_s else "")
                 + (f", over {c.protocol.upper()}" if c.protocol != "grpc" else "")

@@ -28,6 +28,9 @@ def trial_note(config: Config, result: Measurement) -> str:
         f"| ACU (replicas) | {result.acu_cores:.3f} cores"
         + (" (" + ", ".join(f"{node} {acu:.3f}" for node, acu in result.acu_by_node.items()) + ")"
            if len(result.acu_by_node) > 1 else "") + " |",
+        f"| model | {config.server.model.describe()} |",
+        f"| each request | file size {config.client.file_size} ({result.file_size_unit}): {result.rows_per_request} "
+        f"row(s), {result.request_bytes} bytes; inputs {result.request_source} |",
         f"| memory peak (largest replica) | {result.mem_peak_mb:.0f} MB |",
         f"| errors | {result.errors} of {result.requests_sent} ({result.error_rate:.2%})"
         + (f": {', '.join(f'{code} x{n}' for code, n in result.error_codes.items())}" if result.error_codes else "")

@@ -11,6 +11,8 @@ from optdse.spec import NETWORK_PARAMETERS, PARAMETERS
 
 #: Measured figures exported beside the parameters, in this order.
 FIGURES = ("art_ms", "acu_cores", "p95_ms", "throughput_rps", "energy_j")
+#: What each request was: which model, what its file size counts, its rows and bytes.
+REQUEST = ("model", "file_size_unit", "rows_per_request", "request_bytes")
 
 
 def trial_parameters(trial: optuna.trial.FrozenTrial) -> dict[str, object]:
@@ -37,12 +39,14 @@ def pareto_frame(study: optuna.Study) -> pd.DataFrame:
             row[name] = trial.user_attrs.get(name)
         row["energy_is_estimate"] = trial.user_attrs.get("energy_is_estimate")
         row["host"] = trial.user_attrs.get("host")  # which worker's host measured it
+        for name in REQUEST:
+            row[name] = trial.user_attrs.get(name)
         if any(name in row for name in NETWORK_PARAMETERS):  # a network study: how, and what it cost
             row["error_rate"] = trial.user_attrs.get("error_rate")
             row["network_method"] = trial.user_attrs.get("network_method")
         rows.append(row)
     network = ["error_rate", "network_method"] if any("network_method" in row for row in rows) else []
-    columns = ["trial", *parameter_columns(rows), *FIGURES, "energy_is_estimate", "host", *network]
+    columns = ["trial", *parameter_columns(rows), *FIGURES, "energy_is_estimate", "host", *REQUEST, *network]
     return pd.DataFrame(rows, columns=columns).sort_values("art_ms", ignore_index=True)
 
 
@@ -53,4 +57,4 @@ def write_pareto_csv(study: optuna.Study, path: Path) -> pd.DataFrame:
     return frame
 
 
-__all__ = ["FIGURES", "parameter_columns", "pareto_frame", "trial_parameters", "write_pareto_csv"]
+__all__ = ["FIGURES", "REQUEST", "parameter_columns", "pareto_frame", "trial_parameters", "write_pareto_csv"]

@@ -26,14 +26,14 @@ class ProtocolError(ValueError):
 
 
 class KeptAliveConnection:
-    """POSTs one fixed request to host:port over a persistent connection, (re)connecting when
-    needed. Not thread-safe: one per thread."""
+    """POSTs one of a few fixed requests to host:port over a persistent connection,
+    (re)connecting when needed. Not thread-safe: one per thread."""
 
-    def __init__(self, host: str, port: int, path: str, body: bytes, content_type: str, timeout: float) -> None:
+    def __init__(self, host: str, port: int, path: str, bodies: tuple[bytes, ...], content_type: str,
+                 timeout: float) -> None:
         self.address, self.timeout = (host, port), timeout
-        head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n")
-        self.request = head.encode("latin-1") + body
+        self.requests = [(f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1") + body for body in bodies]
         self._sock: socket.socket | None = None
         self._buffer = bytearray()  # received and not read yet, from _start on
         self._start = 0
@@ -54,15 +54,15 @@ class KeptAliveConnection:
             self._sock.close()
         self._sock = None
 
-    def post(self) -> tuple[int, bytes]:
-        """Send the request and return (status, body). Raises TimeoutError past the deadline,
+    def post(self, which: int = 0) -> tuple[int, bytes]:
+        """Send request `which` and return (status, body). Raises TimeoutError past the deadline,
         another OSError if the connection fails, or ProtocolError; the connection is then
         closed, and the next call reconnects."""
         try:
             if self._sock is None:
                 self.connect()
             assert self._sock is not None
-            self._sock.sendall(self.request)
+            self._sock.sendall(self.requests[which])
             return self._read_response()
         except BlockingIOError:  # SO_RCVTIMEO or SO_SNDTIMEO ran out
             self.close()

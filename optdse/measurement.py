@@ -95,6 +95,8 @@ class Measurement:
     timeseries: list[dict[str, float]]
     request_bytes: int = 0      # one serialized request (for Inception: the JPEG's size shows here)
     file_size_unit: str = ""
+    rows_per_request: int = 0   # rows each request carries (the answer must carry as many)
+    request_source: str = ""    # where the inputs came from: built-in, a request file, the signature
     deploy_s: float = 0.0       # where the trial's time went: deploying (starting, resizing replicas),
     load_setup_s: float = 0.0   # starting the load generator, and
     load_s: float = 0.0         # the load itself, warm-up and cool-down included
@@ -163,7 +165,7 @@ def coefficient_of_variation(values: list[float]) -> float:
 
 
 #: Figures that describe one run (the first repeat's, like its time series), not a quantity to average.
-_FROM_FIRST = frozenset({"client_processes", "window_start_s", "window_end_s", "request_bytes"})
+_FROM_FIRST = frozenset({"client_processes", "window_start_s", "window_end_s", "request_bytes", "rows_per_request"})
 
 
 def combine_repeats(results: list[Measurement]) -> Measurement:

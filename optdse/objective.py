@@ -52,7 +52,7 @@ def measure(backend: Backend, config: Config, client_processes: int = 0,
     payload = build_payload(config.server.model, client.file_size, client.protocol)
     with open_link(client.network, tuple(e.target_for(client.protocol) for e in endpoints), backend.run,
                    warn) as link:
-        plan = LoadPlan(targets=link.targets, body=payload.body, batch=payload.batch, threads=client.threads,
+        plan = LoadPlan(targets=link.targets, bodies=payload.bodies, batches=payload.batches, threads=client.threads,
                         requests=client.requests, deadline_s=client.deadline_s, processes=client_processes,
                         duration_s=client.duration_s, protocol=client.protocol, path=payload.path,
                         retries=client.retries, netns=link.client_netns)
@@ -80,6 +80,7 @@ def measure(backend: Backend, config: Config, client_processes: int = 0,
     window = cut_window(load, client.warmup_fraction)
     summary = summarize(load, samples, window, backend.memory_peaks(), backend.accounting, backend.limits_enforced)
     return replace(summary, request_bytes=payload.bytes_per_request, file_size_unit=payload.unit,
+                   rows_per_request=payload.rows_per_request, request_source=payload.source,
                    deploy_s=deployed - began, load_setup_s=load.started - deployed,
                    load_s=load.finished - load.started, network_method=link.method,
                    deadline_ms=client.deadline_s * 1e3, replicas_killed=killed)

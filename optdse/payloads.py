@@ -2,16 +2,22 @@
 
 Requests are serialized once per trial and sent as bytes, so the load generator spends its
 CPU on the RPC and not on building protobufs (or JSON). Over REST the same tensors go as TF
-Serving's columnar predict body, `{"signature_name": ..., "inputs": {alias: value}}`, with
-numbers in their shortest exact float32/int form and bytes as `{"b64": ...}`. The contents are fixed pseudo-random inputs
-(seeded by the file size): the latency of these models depends on the input's shape, not on
-its values. What "file size" counts differs per model (`UNITS`):
+Serving's predict body, with numbers in their shortest exact float32/int form and bytes as
+`{"b64": ...}`. What "file size" counts differs per model (optdse/models.py, `Model.unit`):
 
 - mnist: images per request (a batch of 28x28 images, the seed's softmax regression);
 - inception: the edge of one square JPEG in pixels (decoded and resized inside the graph,
   so a bigger file costs decoding, not convolutions); its bytes are recorded as well;
 - nmt: tokens in one source sentence (the seed measured 1..1171); decoding runs to 2x that;
-- deepspeech: seconds of one 16 kHz mono clip.
+- deepspeech: seconds of one 16 kHz mono clip;
+- a user's model: rows per request, or the size of its `size_axis`. With a request file the
+  rows are the file's, cycled to that many (a trial sends up to MAX_BODIES different
+  requests in turn, so all of a file's rows are used); without one, inputs are generated
+  from the signature: every fixed dimension as it says, the sized axis `file_size` long,
+  any other free dimension 1, pseudo-random values (floats in [0, 1), integers 0 or 1).
+
+The built-ins' contents are fixed pseudo-random inputs (seeded by the file size): the latency
+of these models depends on the input's shape, not on its values.
 """
 
 from __future__ import annotations
@@ -25,44 +31,52 @@ from dataclasses import dataclass
 import numpy as np
 
 from optdse.config import PROTOCOLS, ProtocolName
+from optdse.models import BUILTINS, Model
 from optdse.protos import predict_pb2, tensor_pb2, types_pb2
+from optdse.request_file import RequestFile, read_request_file
+from optdse.savedmodel import NUMPY_DTYPES, Signature, read_signature
 from serving.models import deepspeech, inception, nmt
+
+#: Different requests a trial sends in turn, at most, and their bytes in all: a request file's
+#: variety without holding a copy of a large file per file size.
+MAX_BODIES = 64
+MAX_BODY_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
 class Payload:
-    body: bytes          # a serialized PredictRequest (gRPC) or its JSON predict body (REST)
-    batch: int           # rows the response must carry
+    """A trial's requests: `bodies` are sent in turn; each answer must carry the rows of its
+    body (`batches`, same order)."""
+
+    bodies: tuple[bytes, ...]  # serialized PredictRequests (gRPC) or JSON predict bodies (REST)
+    batches: tuple[int, ...]
     file_size: int
     unit: str            # what file_size counts
-    bytes_per_request: int  # of `body`: what this protocol puts on the wire per request
     protocol: ProtocolName = "grpc"
     path: str = ""       # REST: /v1/models/NAME:predict (gRPC's method is always Predict)
+    source: str = ""     # where the inputs came from
 
+    @property
+    def body(self) -> bytes:
+        return self.bodies[0]
 
-UNITS = {
-    "mnist": "images per request",
-    "inception": "JPEG edge in pixels (one image per request)",
-    "nmt": "tokens in the source sentence",
-    "deepspeech": "seconds of 16 kHz audio",
-}
+    @property
+    def batch(self) -> int:
+        return self.batches[0]
 
+    @property
+    def bytes_per_request(self) -> int:
+        """What this protocol puts on the wire per request (the mean over the bodies)."""
+        return round(sum(map(len, self.bodies)) / len(self.bodies))
 
-def _request(model: str, signature: str, alias: str, array: np.ndarray, dtype: int) -> predict_pb2.PredictRequest:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    request.model_spec.signature_name = signature
-    tensor = request.inputs[alias]
-    tensor.dtype = dtype
-    for size in array.shape:
-        tensor.tensor_shape.dim.add().size = size
-    tensor.tensor_content = np.ascontiguousarray(array).tobytes()
-    return request
+    @property
+    def rows_per_request(self) -> int:
+        return round(sum(self.batches) / len(self.batches))
 
 
 def _mnist(file_size: int, model: str) -> tuple[predict_pb2.PredictRequest, int]:
     images = np.random.default_rng(file_size).random((file_size, 784), dtype=np.float32)
-    return _request(model, "predict_images", "images", images, types_pb2.DT_FLOAT), file_size
+    return _predict_request(model, "predict_images", {"images": images}), file_size
 
 
 def _inception(file_size: int, model: str) -> tuple[predict_pb2.PredictRequest, int]:
@@ -94,7 +108,7 @@ def synthetic_jpeg(edge: int, quality: int = 90) -> bytes:
 def _nmt(file_size: int, model: str) -> tuple[predict_pb2.PredictRequest, int]:
     first_word = nmt.EOS + 1  # ids below are <unk>, <s>, </s>
     tokens = np.random.default_rng(file_size).integers(first_word, nmt.SOURCE_VOCAB, (1, file_size), dtype=np.int32)
-    return _request(model, nmt.SIGNATURE, nmt.INPUT, tokens, types_pb2.DT_INT32), 1
+    return _predict_request(model, nmt.SIGNATURE, {nmt.INPUT: tokens}), 1
 
 
 def _deepspeech(file_size: int, model: str) -> tuple[predict_pb2.PredictRequest, int]:
@@ -103,16 +117,12 @@ def _deepspeech(file_size: int, model: str) -> tuple[predict_pb2.PredictRequest,
     voiced = sum(0.2 * np.sin(2 * np.pi * f * t) for f in (220.0, 440.0, 1250.0))  # a vowel-like tone
     noise = np.random.default_rng(file_size).normal(0, 0.02, t.shape)
     audio = (voiced + noise).astype(np.float32)[np.newaxis, :]
-    return _request(model, deepspeech.SIGNATURE, deepspeech.INPUT, audio, types_pb2.DT_FLOAT), 1
+    return _predict_request(model, deepspeech.SIGNATURE, {deepspeech.INPUT: audio}), 1
 
 
 BUILDERS: dict[str, Callable[[int, str], tuple[predict_pb2.PredictRequest, int]]] = {
     "mnist": _mnist, "inception": _inception, "nmt": _nmt, "deepspeech": _deepspeech,
 }
-
-
-#: numpy dtypes of the tensor types the builders use; DT_STRING travels as string_val.
-_NUMPY_DTYPES = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_INT32: np.int32}
 
 
 def _json_numbers(array: np.ndarray) -> str:
@@ -126,33 +136,169 @@ def _json_numbers(array: np.ndarray) -> str:
     return "[" + ",".join(_json_numbers(row) for row in array) + "]"
 
 
-def _json_tensor(tensor: tensor_pb2.TensorProto) -> str:
-    """One tensor of the builders' requests as the JSON value REST predict takes for it."""
+def _json_value(array: np.ndarray, b64: bool) -> str:
+    """An array as the JSON value REST predict takes for it: numbers, strings, or {"b64": ...}."""
+    if array.dtype == object:
+        if b64:
+            return json.dumps(np.vectorize(lambda v: {"b64": base64.b64encode(v).decode()}, otypes=[object])(array).tolist()
+                              if array.ndim else {"b64": base64.b64encode(array[()]).decode()})
+        return json.dumps(np.vectorize(lambda v: v.decode("utf-8", "replace"), otypes=[object])(array).tolist()
+                          if array.ndim else array[()].decode("utf-8", "replace"))
+    if array.dtype.kind in "fiu":
+        return _json_numbers(array)
+    return json.dumps(array.tolist())
+
+
+def _tensor_array(tensor: tensor_pb2.TensorProto) -> np.ndarray:
     shape = [dim.size for dim in tensor.tensor_shape.dim]
     if tensor.dtype == types_pb2.DT_STRING:
-        strings = [{"b64": base64.b64encode(value).decode()} for value in tensor.string_val]
-        return json.dumps(np.array(strings, dtype=object).reshape(shape).tolist())
-    array = np.frombuffer(tensor.tensor_content, dtype=_NUMPY_DTYPES[tensor.dtype])
-    return _json_numbers(array.reshape(shape))
+        return np.array(list(tensor.string_val), dtype=object).reshape(shape)
+    return np.frombuffer(tensor.tensor_content, dtype=NUMPY_DTYPES[tensor.dtype]).reshape(shape)
 
 
 def rest_body(request: predict_pb2.PredictRequest) -> bytes:
-    """The REST predict body carrying the same signature and tensors as `request`."""
-    inputs = ", ".join(f"{json.dumps(alias)}: {_json_tensor(tensor)}" for alias, tensor in request.inputs.items())
+    """The REST predict body (columnar) carrying the same signature and tensors as `request`."""
+    inputs = ", ".join(f"{json.dumps(alias)}: {_json_value(_tensor_array(tensor), b64=True)}"
+                       for alias, tensor in request.inputs.items())
     return f'{{"signature_name": {json.dumps(request.model_spec.signature_name)}, "inputs": {{{inputs}}}}}'.encode()
 
 
-def build_payload(model: str, file_size: int, protocol: ProtocolName = "grpc") -> Payload:
-    """One request of `model` at `file_size`, serialized for `protocol`."""
-    if model not in BUILDERS:
-        raise ValueError(f"no payload builder for model {model!r}; known: {', '.join(BUILDERS)}")
+def _predict_request(model: str, signature: str, inputs: dict[str, np.ndarray]) -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    for alias, array in inputs.items():
+        tensor = request.inputs[alias]
+        tensor.dtype = next(dtype for dtype, numpy in NUMPY_DTYPES.items() if numpy == array.dtype)
+        for size in array.shape:
+            tensor.tensor_shape.dim.add().size = size
+        if array.dtype == object:
+            tensor.string_val.extend(array.reshape(-1).tolist())
+        else:
+            tensor.tensor_content = np.ascontiguousarray(array).tobytes()
+    return request
+
+
+def _rest_as_written(signature: str, inputs: dict[str, np.ndarray], form: RequestFile) -> bytes:
+    """A predict body in the form the request file used (row or columnar, named or bare)."""
+    b64 = form.b64
+    if form.row_format:
+        rows = max(a.shape[0] for a in inputs.values())
+        if form.named:
+            value = "[" + ",".join("{" + ",".join(f"{json.dumps(alias)}: {_json_value(a[i, ...], alias in b64)}"
+                                                  for alias, a in inputs.items()) + "}" for i in range(rows)) + "]"
+        else:
+            ((alias, array),) = inputs.items()
+            value = _json_value(array, alias in b64)
+        return f'{{"signature_name": {json.dumps(signature)}, "instances": {value}}}'.encode()
+    if form.named:
+        value = "{" + ",".join(f"{json.dumps(alias)}: {_json_value(a, alias in b64)}" for alias, a in inputs.items()) + "}"
+    else:
+        ((alias, array),) = inputs.items()
+        value = _json_value(array, alias in b64)
+    return f'{{"signature_name": {json.dumps(signature)}, "inputs": {value}}}'.encode()
+
+
+def _cycled(array: np.ndarray, axis: int, size: int, start: int = 0) -> np.ndarray:
+    """`array` along `axis` cycled (repeated from `start`) to `size` entries."""
+    return np.take(array, (start + np.arange(size)) % array.shape[axis], axis=axis)
+
+
+def _file_requests(model: Model, signature: Signature, requests: RequestFile,
+                   file_size: int) -> list[tuple[dict[str, np.ndarray], int]]:
+    """(inputs, rows) of each request a trial sends: the file's rows cycled to `file_size`
+    rows, or each line with its sized axis cycled to `file_size`."""
+    out: list[tuple[dict[str, np.ndarray], int]] = []
+    if model.size_axis:
+        for line in requests.lines[:MAX_BODIES]:
+            grown = {alias: _cycled(a, model.size_axis, file_size)
+                     if _grows(signature, alias, model.size_axis) and a.ndim > model.size_axis else a
+                     for alias, a in line.inputs.items()}
+            out.append((grown, line.rows))
+        return out
+    # Rows of lines whose inputs agree in shape form one pool; a line that differs (a longer
+    # sentence, a scalar input) is its own. Each request takes the next `file_size` rows of a
+    # pool, cyclically.
+    groups: dict[tuple[object, ...], list[dict[str, np.ndarray]]] = {}
+    for line in requests.lines:
+        shapes = tuple((alias, a.shape[1:]) if a.ndim else (alias, line.number) for alias, a in sorted(line.inputs.items()))
+        groups.setdefault(shapes, []).append(line.inputs)
+    pools = [{alias: np.concatenate([inputs[alias] for inputs in group]) if group[0][alias].ndim else group[0][alias]
+              for alias in group[0]} for group in groups.values()]
+    for pool in pools:
+        rows = max((a.shape[0] for a in pool.values() if a.ndim), default=1)
+        for start in range(0, rows, file_size):
+            out.append(({alias: _cycled(a, 0, file_size, start) if a.ndim else a for alias, a in pool.items()},
+                        file_size))
+            if len(out) == MAX_BODIES:
+                return out
+    return out
+
+
+def _grows(signature: Signature, alias: str, axis: int) -> bool:
+    shape = signature.inputs[alias].shape
+    return shape is None or (len(shape) > axis and shape[axis] < 0)
+
+
+def _generated_request(signature: Signature, file_size: int, size_axis: int) -> tuple[dict[str, np.ndarray], int]:
+    """Inputs made from the signature alone: fixed dimensions kept, the sized axis
+    `file_size` long, other free dimensions 1; values seeded by the file size."""
+    rng = np.random.default_rng(file_size)
+    inputs = {}
+    for alias, spec in sorted(signature.inputs.items()):
+        shape = tuple(file_size if i == size_axis and d < 0 else (1 if d < 0 else d) for i, d in enumerate(spec.shape or ()))
+        dtype = NUMPY_DTYPES[spec.dtype]
+        if dtype == object:
+            array = np.full(shape, b"optdse", dtype=object)
+        elif dtype.kind == "f":
+            array = rng.random(shape).astype(dtype)
+        else:  # integers and booleans: 0 or 1, valid as an index into any table
+            array = rng.integers(0, 2, shape).astype(dtype)
+        inputs[alias] = array
+    rows = next((a.shape[0] for a in inputs.values() if a.ndim), 1)
+    return inputs, rows
+
+
+def _user_payload(model: Model, file_size: int, protocol: ProtocolName) -> Payload:
+    assert model.base_path is not None
+    signature = read_signature(model.base_path, model.signature)
+    requests = read_request_file(model.request_file, signature, model.size_axis) if model.request_file else None
+    if requests is None:
+        made = [_generated_request(signature, file_size, model.size_axis)]
+        source = f"generated from signature {signature.name} (pseudo-random values)"
+    else:
+        made = _file_requests(model, signature, requests, file_size)
+        source = f"{requests.path.name} ({requests.rows} rows in {len(requests.lines)} lines)"
+    bodies: list[bytes] = []
+    for inputs, _ in made:
+        if protocol == "grpc":
+            bodies.append(_predict_request(model.name, signature.name, inputs).SerializeToString())
+        elif requests is None:
+            bodies.append(rest_body(_predict_request(model.name, signature.name, inputs)))
+        else:
+            bodies.append(_rest_as_written(signature.name, inputs, requests))
+        if sum(map(len, bodies)) > MAX_BODY_BYTES:
+            break
+    return Payload(bodies=tuple(bodies), batches=tuple(rows for _, rows in made[:len(bodies)]), file_size=file_size,
+                   unit=model.unit, protocol=protocol, path=f"/v1/models/{model.name}:predict" if protocol == "rest" else "",
+                   source=source)
+
+
+def build_payload(model: Model | str, file_size: int, protocol: ProtocolName = "grpc") -> Payload:
+    """The requests of `model` (a built-in may be given by name) at `file_size`, serialized
+    for `protocol`."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
-    request, batch = BUILDERS[model](file_size, model)
+    model = Model(model) if isinstance(model, str) else model
+    if not model.builtin:
+        return _user_payload(model, file_size, protocol)
+    if model.name not in BUILDERS:
+        raise ValueError(f"no payload builder for model {model.name!r}; known: {', '.join(BUILDERS)}")
+    request, batch = BUILDERS[model.name](file_size, model.name)
     body = request.SerializeToString() if protocol == "grpc" else rest_body(request)
-    path = f"/v1/models/{model}:predict" if protocol == "rest" else ""
-    return Payload(body=body, batch=batch, file_size=file_size, unit=UNITS[model], bytes_per_request=len(body),
-                   protocol=protocol, path=path)
+    path = f"/v1/models/{model.name}:predict" if protocol == "rest" else ""
+    return Payload(bodies=(body,), batches=(batch,), file_size=file_size, unit=model.unit, protocol=protocol,
+                   path=path, source="built-in (pseudo-random inputs of the unit's size)")
 
 
-__all__ = ["BUILDERS", "UNITS", "Payload", "build_payload", "rest_body", "synthetic_jpeg"]
+__all__ = ["BUILDERS", "MAX_BODIES", "Payload", "build_payload", "rest_body", "synthetic_jpeg"]

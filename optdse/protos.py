@@ -33,6 +33,7 @@ def _register_bare_tensorflow_package() -> None:
 _register_bare_tensorflow_package()
 
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2  # noqa: E402
+from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
 from tensorflow_serving.apis import (  # noqa: E402
     get_model_status_pb2,
     model_service_pb2_grpc,
@@ -50,6 +51,7 @@ __all__ = [
     "model_service_pb2_grpc",
     "predict_pb2",
     "prediction_service_pb2_grpc",
+    "saved_model_pb2",
     "tensor_pb2",
     "tensor_shape_pb2",
     "types_pb2",

@@ -44,7 +44,7 @@ def suggest(trial: BaseTrial, study: Study) -> Config:
 
 def to_config(values: dict[str, float], study: Study) -> Config:
     spec = study.spec
-    server = ServerConfig(model=spec.model, replicas=int(values["replicas"]), cpus=float(values["cpus"]),
+    server = ServerConfig(model=study.model, replicas=int(values["replicas"]), cpus=float(values["cpus"]),
                           memory_mb=int(values["memory_mb"]))
     network = NetworkConfig(delay_ms=float(values.get("delay_ms", 0.0)), jitter_ms=float(values.get("jitter_ms", 0.0)),
                             loss_pct=float(values.get("loss_pct", 0.0)), method=spec.network_method)

@@ -14,12 +14,15 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
+from optdse.models import BUILTINS, DEFAULT_SIGNATURE, Model, ModelError, builtin, user_model
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 #: Parameters a search space may define, and what each means to the system.
 PARAMETERS = {
     "threads": "closed-loop client threads (the seed's '# of threads')",
-    "file_size": "what one request carries (MNIST images, Inception JPEG edge, NMT tokens, DeepSpeech seconds)",
+    "file_size": "what one request carries (MNIST images, Inception JPEG edge, NMT tokens, DeepSpeech seconds; "
+                 "a user's model: rows per request, or its size_axis)",
     "replicas": "server replicas (the seed's '# of servers')",
     "cpus": "CPU cores per replica (a CFS quota)",
     "memory_mb": "memory limit per replica in MiB",
@@ -36,8 +39,6 @@ METRICS = {
     "p99_ms": "minimize", "acu_cores": "minimize", "energy_j": "minimize",
     "throughput_rps": "maximize",
 }
-#: The seed's four servables (serving/models/); optdse/payloads.py says what file size means for each.
-MODELS = ("mnist", "inception", "nmt", "deepspeech")
 INTEGER_PARAMETERS = {"threads", "file_size", "replicas", "memory_mb"}
 
 
@@ -141,10 +142,30 @@ class Chaos(_Strict):
     kill_replica_after_s: Annotated[float, Field(gt=0)]
 
 
+class ModelBlock(_Strict):
+    """A user's SavedModel (optdse/models.py). Relative paths resolve from the study file's folder."""
+
+    path: str = Field(description="model base path: version folders inside, as TF Serving's --model_base_path")
+    name: str | None = Field(None, description="the name served and sent in ModelSpec (default: the folder's name)")
+    signature: str = DEFAULT_SIGNATURE
+    request_file: str | None = Field(None, description="TF Serving REST predict bodies, one JSON object a line")
+    size_axis: Annotated[int, Field(ge=0)] = Field(
+        0, description="the input axis file_size sets: 0 rows per request, 1 e.g. a sequence length")
+
+
+def _name_or_block(data: Any) -> str:
+    return "block" if isinstance(data, dict | ModelBlock) else "built-in"
+
+
+#: A built-in model's name, or a block naming a user's SavedModel.
+ModelChoice = Annotated[Annotated[str, Tag("built-in")] | Annotated[ModelBlock, Tag("block")],
+                        Discriminator(_name_or_block)]
+
+
 class StudySpec(_Strict):
     """studies/NAME.yaml: one study; its name is the file's stem."""
 
-    model: Literal["mnist", "inception", "nmt", "deepspeech"]
+    model: ModelChoice
     search_space: str = Field(description="file name under search_spaces/")
     objectives: Annotated[list[Objective], Field(min_length=1)]
     trials: Annotated[int, Field(ge=1)] = 50
@@ -173,6 +194,14 @@ class StudySpec(_Strict):
     enqueue: list[dict[str, float]] = Field(default_factory=list,
                                             description="configurations tried first (partial ones allowed)")
 
+    @field_validator("model")
+    @classmethod
+    def _builtin_or_block(cls, model: str | ModelBlock) -> str | ModelBlock:
+        if isinstance(model, str) and model not in BUILTINS:
+            raise ValueError(f"must be a built-in model ({', '.join(BUILTINS)}) or a block with path: (a user's "
+                             "SavedModel)")
+        return model
+
     @field_validator("image")
     @classmethod
     def _image_reference(cls, image: str) -> str:
@@ -194,11 +223,12 @@ class StudySpec(_Strict):
 class Study(BaseModel):
     """A loaded study: its name, spec, and resolved search space."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
     name: str
     path: Path
     spec: StudySpec
     space: SearchSpace
+    model: Model
 
     def with_load(self, requests: int | None = None, duration_s: float | None = None,
                   repeats: int | None = None) -> Study:
@@ -215,11 +245,15 @@ class Study(BaseModel):
         return dimension.value if isinstance(dimension, Fixed) else 0.0
 
 
+#: Union tags pydantic puts in an error's location; not keys of the file.
+_TAGS = ("range", "fixed", "built-in", "block")
+
+
 def _one_line(path: Path, error: ValidationError, model: type[BaseModel]) -> str:
     # An unknown key (a typo) explains a missing one next to it: say that first.
     first = next((e for e in error.errors() if e["type"] == "extra_forbidden"), error.errors()[0])
     # Drop pydantic's internal path parts (union tags, validator names) from the key.
-    key = ".".join(str(part) for part in first["loc"] if str(part) not in ("range", "fixed") and "[" not in str(part))
+    key = ".".join(str(part) for part in first["loc"] if str(part) not in _TAGS and "[" not in str(part))
     message = first["msg"].removeprefix("Value error, ")
     if not key and ": " in message and message.split(": ", 1)[0].replace(".", "").isidentifier():
         key, message = message.split(": ", 1)  # a cross-field check names its own key
@@ -232,9 +266,10 @@ def _one_line(path: Path, error: ValidationError, model: type[BaseModel]) -> str
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    loc = tuple(part for part in loc if part not in _TAGS)
     if len(loc) == 1:
         return f"; allowed: {', '.join(model.model_fields)}"
-    nested = {"chaos": Chaos, "sampler": Sampler}
+    nested = {"chaos": Chaos, "sampler": Sampler, "model": ModelBlock}
     if model is StudySpec and len(loc) == 2 and loc[0] in nested:
         return f"; allowed: {', '.join(nested[loc[0]].model_fields)}"
     if model is SearchSpace and len(loc) == 2 and loc[0] == "network":
@@ -278,13 +313,22 @@ def find_study_file(name_or_path: str) -> Path:
     raise SpecError(f"studies/{name_or_path}.yaml: file not found; known studies: {', '.join(known)}")
 
 
+def find_search_space(study_path: Path, name: str) -> Path:
+    """search_spaces/NAME beside the study's studies/ folder (the project's layout, also in a
+    user's own folder), else beside the study file, in the working directory, in the project."""
+    roots = [study_path.parent.parent, study_path.parent, Path.cwd(), PROJECT_ROOT]
+    candidates = list(dict.fromkeys((root / "search_spaces" / name).resolve() for root in roots))
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise SpecError(f"{study_path}: search_space: no file {name} in {', '.join(str(c.parent) for c in candidates)}")
+
+
 def load_study(name_or_path: str) -> Study:
     """Read and validate a study file and the search space it names."""
     path = find_study_file(name_or_path)
     spec: StudySpec = _validate(StudySpec, path)
-    space_path = path.parent.parent / "search_spaces" / spec.search_space
-    if not space_path.exists():
-        raise SpecError(f"{path}: search_space: no file {space_path}")
+    space_path = find_search_space(path, spec.search_space)
     space: SearchSpace = _validate(SearchSpace, space_path)
     for i, point in enumerate(spec.enqueue):
         for name, value in point.items():
@@ -295,8 +339,21 @@ def load_study(name_or_path: str) -> Study:
             if not (low <= value <= high) or math.isnan(value):
                 raise SpecError(f"{path}: enqueue.{i}.{name}: must lie in the space's range "
                                 f"{low:g}..{high:g} (got {value:g})")
-    return Study(name=path.stem, path=path, spec=spec, space=space)
+    return Study(name=path.stem, path=path, spec=spec, space=space, model=_model(path, spec.model))
 
 
-__all__ = ["METRICS", "NETWORK_PARAMETERS", "PARAMETERS", "Chaos", "Fixed", "Range", "SearchSpace", "SpecError", "Study", "StudySpec",
-           "find_study_file", "load_study"]
+def _model(path: Path, given: str | ModelBlock) -> Model:
+    """The study's model from the registry; a user's is checked now (SavedModel, signature,
+    request file, size_axis), so a mistake stops the study before anything is deployed."""
+    if isinstance(given, str):
+        return builtin(given)
+    folder = path.parent
+    try:
+        return user_model(folder / given.path, given.name, given.signature,
+                          folder / given.request_file if given.request_file else None, given.size_axis)
+    except ModelError as error:
+        raise SpecError(f"{path}: model.{error.key}: {error}") from None
+
+
+__all__ = ["METRICS", "NETWORK_PARAMETERS", "ModelBlock", "PARAMETERS", "Chaos", "Fixed", "Range", "SearchSpace", "SpecError", "Study", "StudySpec",
+           "find_search_space", "find_study_file", "load_study"]

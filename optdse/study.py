@@ -250,6 +250,8 @@ def _configure(trial: optuna.Trial, study: Study, backend: Backend) -> Config:
     others = other_live_runs()
     if others:  # another optdse process has replicas on this host: this trial shares its CPUs
         trial.set_user_attr("host_shared_with", others)
+    for key, value in study.model.record().items():
+        trial.set_user_attr(key, value)
     config = suggest(trial, study)
     for name, value in fixed_values(study).items():
         trial.set_user_attr(f"fixed_{name}", value)

@@ -155,16 +155,16 @@ class Container:
         self.cpus: float | None = None
         if image.loopback_bind:  # the server binds 127.0.0.1 on the host's network
             network: dict[str, Any] = {"network_mode": "host"}
-            args = image.serve_args(self.port, self.rest_port, server.model)
+            args = image.serve_args(self.port, self.rest_port, server.model.name)
         else:  # its own network namespace, its ports published on 127.0.0.1 only
             network = {"ports": {f"{image.CONTAINER_PORT}/tcp": (HOST, self.port),
                                  f"{image.CONTAINER_REST_PORT}/tcp": (HOST, self.rest_port)}}
-            args = image.serve_args(image.CONTAINER_PORT, image.CONTAINER_REST_PORT, server.model)
+            args = image.serve_args(image.CONTAINER_PORT, image.CONTAINER_REST_PORT, server.model.name)
         memory = f"{server.memory_mb}m"
         self.container = client.containers.run(
             image.reference, args, entrypoint=[image.executable], detach=True, name=f"optdse-{run.run_id}-{name}",
             labels={LABEL_RUN: run.run_id, LABEL_REPLICA: name}, mem_limit=memory, memswap_limit=memory,
-            volumes=image.mounts(server.model), tmpfs={"/tmp": ""}, working_dir="/tmp",
+            volumes=image.mounts(server.model.name), tmpfs={"/tmp": ""}, working_dir="/tmp",
             environment={"PYTHONDONTWRITEBYTECODE": "1"}, **network)
         self.cgroup = container_cgroup(self.container.id)
         self._last_check = 0.0

@@ -96,7 +96,7 @@ def make_ready(replicas: Sequence[StartingReplica], server: ServerConfig, timeou
     never becomes AVAILABLE fails as a timeout with the end of its log."""
     for replica in replicas:
         try:
-            wait_available(replica.endpoint.target, server.model, timeout, replica.alive)
+            wait_available(replica.endpoint.target, server.model.name, timeout, replica.alive)
         except ChildProcessError:
             raise replica.failure() from None
         except TimeoutError as error:
@@ -291,7 +291,7 @@ class LocalBackend(ReplicaChecks):
                 name = f"replica-{self._next_index}"
                 self._next_index += 1
                 cgroup = self.driver.group(self.run.run_id, name) if self.driver else None
-                started.append(Replica(name, server.model, self.model_base_path, server.memory_mb, cgroup, self.run))
+                started.append(Replica(name, server.model.name, self.model_base_path, server.memory_mb, cgroup, self.run))
             make_ready(started, server, self.ready_timeout)
         except BaseException:
             stop_replicas(started)

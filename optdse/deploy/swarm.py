@@ -172,7 +172,7 @@ class SwarmBackend:
         """Everything a service create or update needs (the SDK's update replaces the whole spec)."""
         from docker.types import Mount, Resources, RestartPolicy, ServiceMode, UpdateConfig
 
-        serve = shlex.join([self.image.executable, *self.image.serve_args("PORT", "REST_PORT", server.model)])
+        serve = shlex.join([self.image.executable, *self.image.serve_args("PORT", "REST_PORT", server.model.name)])
         serve = "exec " + serve.replace("--port=PORT", f"--port=$(({self.base_port} + SLOT))").replace(
             "--rest_api_port=REST_PORT", f"--rest_api_port=$(({self.base_port + REST_OFFSET} + SLOT))").replace(
             f"--host={HOST}", "--host=$BIND")
@@ -181,7 +181,7 @@ class SwarmBackend:
         addresses = " ".join(f"{node.id}={self._bind_address(node)}" for node in self.nodes)
         serving = any(node.serving for node in self.nodes)
         mounts = [Mount(target=bind["bind"], source=source, type="bind", read_only=True)
-                  for source, bind in self.image.mounts(server.model).items()]
+                  for source, bind in self.image.mounts(server.model.name).items()]
         memory = server.memory_mb * 2**20
         return {
             "image": self.image.reference, "command": ["/bin/sh", "-c", pick + serve], "name": f"optdse-{self.run.run_id}",
@@ -289,7 +289,7 @@ class SwarmBackend:
                                for t in running]
                 for (slot, _, _), node in zip(self._tasks, self._task_nodes, strict=True):
                     try:
-                        wait_available(f"{self._bind_address(node)}:{self.base_port + slot}", server.model,
+                        wait_available(f"{self._bind_address(node)}:{self.base_port + slot}", server.model.name,
                                        max(1.0, deadline - time.monotonic()), self._no_oom_yet)
                     except ChildProcessError:
                         self._raise_if_oom(server)

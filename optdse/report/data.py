@@ -59,6 +59,7 @@ class ReportData:
     timeseries: list[TimeSeries] = field(default_factory=list)
     grid: StudySummary | None = None
     notes: list[str] = field(default_factory=list)  # what could not be computed, and why
+    model: str = ""             # which model the trials measured, and what file size counts for it
 
     @property
     def hypervolume_ratio(self) -> float | None:
@@ -215,7 +216,19 @@ def compute(study: optuna.Study, grid: optuna.Study | None = None) -> ReportData
         correlations=correlations(trials, parameters, objectives),
         timeseries=pareto_timeseries(study, summary.pareto),
         grid=summarize_study(grid, objectives, directions, reference, grid_trials) if grid is not None else None,
-        notes=notes)
+        notes=notes, model=model_line(study))
+
+
+def model_line(study: optuna.Study) -> str:
+    """The model the study measured and what its file size counts, from its first measured trial."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        attrs = trial.user_attrs
+        if "model" in attrs:
+            where = attrs.get("model_path", "built-in")
+            details = "built-in" if where == "built-in" else f"{where}, signature {attrs.get('signature')}"
+            return (f"Model {attrs['model']} ({details}); file size counts {attrs.get('file_size_unit', '?')}; "
+                    f"inputs {attrs.get('request_source', '?')}.")
+    return ""
 
 
 __all__ = ["ReportData", "StudySummary", "TimeSeries", "compute", "compute_hypervolume_only", "hypervolume_history", "reference_point"]

@@ -156,6 +156,8 @@ def render(data: ReportData, pareto_table: pd.DataFrame) -> str:
                 f"{counts.get('FAIL', 0)} failed, {counts.get('RUNNING', 0)} running; "
                 f"{len(data.study.pareto)} Pareto-optimal.")
     parts = [f"<h1>optdse report: {html.escape(data.study.name)}</h1>", f"<p>{html.escape(headline)}</p>"]
+    if data.model:
+        parts.append(f"<p class='model'>{html.escape(data.model)}</p>")
     if data.grid is not None and data.hypervolume_ratio is not None:
         parts.append(f"<p class='grid'>Against the exhaustive grid ({data.grid.completed} completed of "
                      f"{len(data.grid.trials)} configurations): hypervolume ratio "

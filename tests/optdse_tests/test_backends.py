@@ -22,6 +22,7 @@ from optdse.deploy.docker import LABEL_RUN, DockerBackend
 from optdse.deploy.local import LocalBackend, wait_available
 from optdse.deploy.runs import state_dir
 from optdse.deploy.swarm import SwarmBackend
+from optdse.models import builtin
 from tests.optdse_tests.conftest import listens_on_loopback_only, require_docker
 from tests.serving_process import optdse_command
 
@@ -72,7 +73,7 @@ def backend(request: pytest.FixtureRequest, mnist_base_path: Path, cgroup_driver
 
 
 def config(replicas: int = 1, cpus: float = 0.5, memory_mb: int = 1000) -> ServerConfig:
-    return ServerConfig(model="mnist", replicas=replicas, cpus=cpus, memory_mb=memory_mb)
+    return ServerConfig(model=builtin("mnist"), replicas=replicas, cpus=cpus, memory_mb=memory_mb)
 
 
 class TestBackendContract:

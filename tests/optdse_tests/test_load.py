@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import psutil
 
 from optdse.deploy.local import free_port
-from optdse.load import LoadPlan, run_load
+from optdse.load import LoadPlan, run_load, stop_helpers
 from optdse.measurement import cut_window
 from optdse.payloads import build_payload
 from tests.serving_process import ServerProcess
@@ -13,7 +14,7 @@ from tests.serving_process import ServerProcess
 
 def plan(targets: tuple[str, ...], threads: int, requests: int, file_size: int = 4, processes: int = 0) -> LoadPlan:
     payload = build_payload("mnist", file_size)
-    return LoadPlan(targets=targets, body=payload.body, batch=payload.batch, threads=threads,
+    return LoadPlan(targets=targets, bodies=payload.bodies, batches=payload.batches, threads=threads,
                     requests=requests, processes=processes, deadline_s=10)
 
 
@@ -35,7 +36,7 @@ def test_requests_spread_over_replicas_and_failures_are_counted_not_fatal(server
 
 def test_a_reply_with_the_wrong_shape_is_an_error(server: ServerProcess) -> None:
     honest = plan((f"127.0.0.1:{server.port}",), threads=1, requests=5, file_size=3)
-    lying = LoadPlan(**{**honest.__dict__, "batch": 4})  # expects 4 rows, the server answers 3
+    lying = LoadPlan(**{**honest.__dict__, "batches": (4,)})  # expects 4 rows, the server answers 3
     result = run_load(lying)
     assert result.error_codes == {"BAD_RESPONSE": 1}
 
@@ -60,3 +61,24 @@ def test_a_duration_ends_the_run_before_its_requests_are_sent(server: ServerProc
     assert result.finished - result.started < 1.0 + 10  # and the run ends within a request's deadline
     window = cut_window(result, warmup_fraction=0.1)
     assert window.end > window.start and window.mask.sum() > 0.5 * len(result.send)
+
+
+def test_the_load_generator_s_helper_processes_stop_before_the_command_returns(server: ServerProcess) -> None:
+    """A command stops the fork server and resource tracker itself (cli.main), rather than
+    leaving them to exit after it: `stop_helpers` waits for both, and the next run starts them again."""
+
+    def helpers() -> list[str]:
+        found = []
+        for child in psutil.Process().children():
+            try:
+                command = " ".join(child.cmdline())
+            except psutil.Error:
+                continue
+            found += [name for name in ("forkserver", "resource_tracker") if name in command]
+        return sorted(found)
+
+    first = run_load(plan((f"127.0.0.1:{server.port}",), threads=2, requests=20))
+    assert first.ok.all() and helpers() == ["forkserver", "resource_tracker"]
+    stop_helpers()
+    assert helpers() == []
+    assert run_load(plan((f"127.0.0.1:{server.port}",), threads=2, requests=20)).ok.all()

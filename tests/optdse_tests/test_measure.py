@@ -11,6 +11,7 @@ from optdse.config import ClientConfig, Config, ServerConfig
 from optdse.deploy.cgroups import CgroupDriver
 from optdse.deploy.local import LocalBackend
 from optdse.measurement import Measurement
+from optdse.models import builtin
 from optdse.objective import measure
 from tests.optdse_tests.conftest import optdse
 
@@ -49,7 +50,7 @@ def test_measure_rejects_a_bad_value_with_exit_2(project: Path, option: str, val
 
 
 def _art(backend: LocalBackend, replicas: int, cpus: float, threads: int, requests: int = 600) -> Measurement:
-    config = Config(ServerConfig("mnist", replicas, cpus, 1000), ClientConfig(threads, 8, requests))
+    config = Config(ServerConfig(builtin("mnist"), replicas, cpus, 1000), ClientConfig(threads, 8, requests))
     return measure(backend, config)
 
 

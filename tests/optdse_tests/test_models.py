@@ -2,7 +2,10 @@
 seed's NMT finding, and what "file size" means for the others), and each model's study runs.
 
 Sizes are measured alternately (small, large, small, large) in one run on one replica, and
-compared by their medians, so a noisy neighbour slows both sides alike."""
+compared by each size's fastest p50: a noisy neighbour only ever adds time, so the fastest
+round is the one least disturbed (comparing the large file's fastest with the small file's
+slowest let one disturbed small round fail the test: inception 64 px gave p50 92 and 156 ms
+in one CI run on this shared machine)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import pytest
 from optdse.config import ClientConfig, Config, ServerConfig
 from optdse.deploy.cgroups import CgroupDriver
 from optdse.deploy.local import LocalBackend
+from optdse.models import builtin
 from optdse.objective import measure
 from tests.optdse_tests.conftest import optdse, require_docker
 
@@ -40,17 +44,17 @@ def test_response_time_grows_with_file_size(model_backend: tuple[str, LocalBacke
     small, large, ratio = SIZES[model]
     p50 = {small: [], large: []}
     for file_size in (small, large, small, large):
-        config = Config(ServerConfig(model, replicas=1, cpus=2.0, memory_mb=3000),
+        config = Config(ServerConfig(builtin(model), replicas=1, cpus=2.0, memory_mb=3000),
                         ClientConfig(threads=1, file_size=file_size, requests=40, warmup_fraction=0.2, duration_s=6))
         result = measure(backend, config)
         assert result.errors == 0 and result.requests_in_window >= 2, result
         p50[file_size].append(result.p50_ms)
-    assert min(p50[large]) > ratio * max(p50[small]), p50
+    assert min(p50[large]) > ratio * min(p50[small]), p50
 
 
 def test_a_slow_model_trial_ends_by_its_duration(model_backend: tuple[str, LocalBackend]) -> None:
     model, backend = model_backend
-    config = Config(ServerConfig(model, replicas=1, cpus=0.5, memory_mb=3000),
+    config = Config(ServerConfig(builtin(model), replicas=1, cpus=0.5, memory_mb=3000),
                     ClientConfig(threads=2, file_size=SIZES[model][1], requests=100000, duration_s=3))
     result = measure(backend, config)
     assert 0 < result.requests_sent < 100000 and result.errors == 0

@@ -21,6 +21,7 @@ from optdse.deploy.cgroups import CgroupDriver
 from optdse.deploy.local import LocalBackend
 from optdse.deploy.runs import Run
 from optdse.load import LoadPlan, run_load
+from optdse.models import builtin
 from optdse.network import CLIENT_ADDRESS, NETNS_DIR, SERVER_ADDRESS, netem_support, open_link
 from optdse.objective import measure
 from optdse.payloads import build_payload
@@ -35,7 +36,7 @@ def this_machines_method(run: Run) -> str:
 
 
 def config(network: NetworkConfig, requests: int = 150, deadline_s: float = 30.0) -> Config:
-    return Config(ServerConfig("mnist", replicas=1, cpus=1.0, memory_mb=1000),
+    return Config(ServerConfig(builtin("mnist"), replicas=1, cpus=1.0, memory_mb=1000),
                   ClientConfig(threads=2, file_size=1, requests=requests, network=network, deadline_s=deadline_s))
 
 
@@ -60,7 +61,7 @@ def test_delay_raises_art_by_about_the_delay_and_loss_raises_the_error_rate(loca
 def test_netem_namespaces_carry_the_load_and_exist_only_while_used(local: LocalBackend) -> None:
     """The netem method's plumbing, whether or not this kernel has netem itself: two project
     namespaces, link-local addresses only inside them, load workers inside the client's."""
-    endpoints = local.apply(ServerConfig("mnist", replicas=1, cpus=1.0, memory_mb=1000))
+    endpoints = local.apply(ServerConfig(builtin("mnist"), replicas=1, cpus=1.0, memory_mb=1000))
     payload = build_payload("mnist", 1, "grpc")
     host_addresses = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, check=True).stdout
     with open_link(NetworkConfig(method="netem"), (endpoints[0].target,), local.run) as link:
@@ -70,7 +71,7 @@ def test_netem_namespaces_carry_the_load_and_exist_only_while_used(local: LocalB
         inside = subprocess.run(["ip", "-n", names[0], "-o", "addr"], capture_output=True, text=True, check=True)
         assert CLIENT_ADDRESS in inside.stdout
         assert link.targets[0].startswith(f"{SERVER_ADDRESS}:")
-        plan = LoadPlan(targets=link.targets, body=payload.body, batch=payload.batch, threads=2, requests=100,
+        plan = LoadPlan(targets=link.targets, bodies=payload.bodies, batches=payload.batches, threads=2, requests=100,
                         netns=link.client_netns)
         result = run_load(plan)
         assert result.ok.all(), result.error_codes

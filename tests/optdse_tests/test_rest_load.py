@@ -23,7 +23,7 @@ from tests.serving_process import ServerProcess
 def rest_plan(server: ServerProcess, threads: int = 2, requests: int = 60, file_size: int = 3,
               **changes: object) -> LoadPlan:
     payload = build_payload("mnist", file_size, "rest")
-    plan = LoadPlan(targets=(f"127.0.0.1:{server.rest_port}",), body=payload.body, batch=payload.batch,
+    plan = LoadPlan(targets=(f"127.0.0.1:{server.rest_port}",), bodies=payload.bodies, batches=payload.batches,
                     threads=threads, requests=requests, processes=1, deadline_s=10, protocol="rest", path=payload.path)
     return LoadPlan(**{**plan.__dict__, **changes})
 
@@ -42,13 +42,13 @@ def test_measure_over_rest_answers_every_request_and_says_so(project: Path) -> N
 def test_rest_requests_are_answered_and_their_rows_checked(server: ServerProcess) -> None:
     result = run_load(rest_plan(server, threads=3, requests=90))
     assert len(result.send) == 90 and result.ok.all() and result.error_codes == {}
-    lying = run_load(rest_plan(server, threads=1, requests=5, batch=4))  # the server answers 3 rows
+    lying = run_load(rest_plan(server, threads=1, requests=5, batches=(4,)))  # the server answers 3 rows
     assert lying.error_codes == {"BAD_RESPONSE": 1} and lying.ok.sum() == 4
 
 
 @pytest.mark.parametrize(("changes", "code"), [
-    ({"body": b'{"inputs": {"images": "not numbers"}}'}, "HTTP_400"),
-    ({"body": b'{"inputs": [[0.5, 0.5'}, "HTTP_400"),            # not JSON
+    ({"bodies": (b'{"inputs": {"images": "not numbers"}}',)}, "HTTP_400"),
+    ({"bodies": (b'{"inputs": [[0.5, 0.5',)}, "HTTP_400"),  # not JSON
     ({"path": "/v1/models/no-such-model:predict"}, "HTTP_404"),
 ])
 def test_a_bad_rest_request_is_counted_by_its_http_status(server: ServerProcess, changes: dict[str, object],

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from optdse.payloads import BUILDERS, UNITS
+from optdse.models import BUILTINS
+from optdse.payloads import BUILDERS
 from optdse.space import distributions, fixed_values, to_config
-from optdse.spec import MODELS, SpecError, StudySpec, load_study
+from optdse.spec import SpecError, load_study
 from serving.models import EXPORTERS
 from tests.optdse_tests.conftest import SPACE, optdse, write_study
 
@@ -27,11 +28,10 @@ def test_shipped_study_loads_with_the_issue_space() -> None:
 
 
 def test_every_model_has_an_exporter_a_payload_and_a_study_with_a_bounded_duration() -> None:
-    assert set(MODELS) == set(EXPORTERS) == set(BUILDERS) == set(UNITS)
-    assert set(MODELS) == set(StudySpec.model_fields["model"].annotation.__args__)
-    for model in MODELS:
+    assert set(BUILTINS) == set(EXPORTERS) == set(BUILDERS)  # one registry: optdse.models.BUILTINS
+    for model in BUILTINS:
         study = load_study(f"{model}-pareto")
-        assert study.spec.model == model and study.name == f"{model}-pareto"
+        assert study.spec.model == model == study.model.name and study.model.builtin and study.name == f"{model}-pareto"
         assert model == "mnist" or study.spec.duration_s is not None  # slow models end by time
 
 
@@ -54,14 +54,16 @@ def test_the_command_line_overrides_requests_and_duration() -> None:
 
 
 BAD_STUDIES = [
-    ({"model": "resnet"}, "model", "'mnist', 'inception', 'nmt' or 'deepspeech'"),
+    ({"model": "resnet"}, "model", "a built-in model (mnist, inception, nmt, deepspeech) or a block with path:"),
     ({"duration_s": 0}, "duration_s", "greater than 0"),
     ({"trials": 0}, "trials", "greater than or equal to 1"),
     ({"backend": "kubernetes"}, "backend", "'local', 'docker' or 'swarm'"),
     ({"image": "'Tensorflow Serving'"}, "image", "host-python or a Docker image reference"),
     ({"requests": "many"}, "requests", "valid integer"),
     ({"colour": "blue"}, "colour", "unknown key; allowed: model"),
-    ({"model": "resnet"}, "model", "'mnist'"),
+    ({"model": "{path: m, signatures: x}"}, "model.signatures", "unknown key; allowed: path, name, signature"),
+    ({"model": "{path: m, size_axis: -1}"}, "model.size_axis", "greater than or equal to 0"),
+    ({"model": "{path: no-such-model}"}, "model.path", "no-such-model: no such folder"),
     ({"search_space": "nope.yaml"}, "search_space", "no file"),
     ({"objectives": "[{metric: speed, direction: minimize}]"}, "objectives.0.metric", "art_ms"),
     ({"sampler": "{name: cmaes}"}, "sampler.name", "'tpe'"),

@@ -67,7 +67,9 @@ def test_a_study_runs_records_everything_resumes_and_exports(project: Path) -> N
     front = pd.read_csv(project / "front.csv")
     assert sorted(front["trial"]) == sorted(t.number for t in study.best_trials)
     assert list(front.columns) == ["trial", "threads", "file_size", "replicas", "cpus", "memory_mb", "art_ms",
-                                   "acu_cores", "p95_ms", "throughput_rps", "energy_j", "energy_is_estimate", "host"]
+                                   "acu_cores", "p95_ms", "throughput_rps", "energy_j", "energy_is_estimate", "host",
+                                   "model", "file_size_unit", "rows_per_request", "request_bytes"]
+    assert (front["model"] == "mnist").all() and (front["file_size_unit"] == "images per request").all()
     assert (front["host"] == socket.gethostname()).all()
     assert (front["memory_mb"] == 1000).all() and front["art_ms"].is_monotonic_increasing
 

@@ -17,6 +17,7 @@ from optdse.deploy.cgroups import CgroupDriver
 from optdse.deploy.docker import container_cgroup, docker_client
 from optdse.deploy.local import wait_available
 from optdse.deploy.swarm import SERVE_LABEL, EngineStats, SwarmBackend, swarm_nodes
+from optdse.models import builtin
 from tests.optdse_tests.conftest import listens_on_loopback_only, optdse
 
 LOCAL_ENGINE = "unix:///var/run/docker.sock"
@@ -43,7 +44,7 @@ def test_labelled_nodes_get_the_replicas_on_their_own_address(mnist_base_path: P
     assert node.serving and node.hostname == labelled_node
     backend = SwarmBackend(mnist_base_path, warn=pytest.fail, engines={labelled_node: LOCAL_ENGINE})
     try:
-        endpoints = backend.apply(ServerConfig(model="mnist", replicas=2, cpus=0.5, memory_mb=1000))
+        endpoints = backend.apply(ServerConfig(model=builtin("mnist"), replicas=2, cpus=0.5, memory_mb=1000))
         placement = backend.service.attrs["Spec"]["TaskTemplate"]["Placement"]
         assert placement["Constraints"] == [f"node.labels.{SERVE_LABEL}==true"]
         env = backend.service.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
