@@ -42,7 +42,9 @@ def test_measure_json_reports_every_figure(project: Path, cgroup_driver: CgroupD
 @pytest.mark.parametrize(("option", "value", "message"), [
     ("--cpus", "0", "--cpus: must be between 0.01 and 64"),
     ("--duration", "0", "--duration: must be a number > 0"),
-    ("--model", "resnet", "--model: invalid choice: 'resnet'"),
+    ("--model", "resnet", "--model: resnet: not a built-in model (mnist, inception, nmt, deepspeech) and no such folder"),
+    ("--rate", "0", "--rate: must be a number > 0"),
+    ("--arrival", "bursty", "--arrival: invalid choice: 'bursty'"),
 ])
 def test_measure_rejects_a_bad_value_with_exit_2(project: Path, option: str, value: str, message: str) -> None:
     done = optdse(project, "measure", option, value)
