@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from optdse import signals
-from optdse.config import GRACE_HEARTBEATS, HEARTBEAT_S, NETWORK_METHODS, PROTOCOLS
+from optdse.config import ARRIVALS, GRACE_HEARTBEATS, HEARTBEAT_S, NETWORK_METHODS, PROTOCOLS
 
 if TYPE_CHECKING:
     from optdse.models import Model
@@ -218,7 +218,8 @@ def _measure(args: argparse.Namespace) -> int:
     config = Config(ServerConfig(model, args.replicas, args.cpus, args.memory),
                     ClientConfig(args.threads, args.file_size, args.requests, args.warmup_fraction, args.duration,
                                  args.protocol, network=network, deadline_s=args.deadline_ms / 1e3,
-                                 retries=args.retries, chaos_kill_after_s=args.kill_replica_after))
+                                 retries=args.retries, chaos_kill_after_s=args.kill_replica_after,
+                                 rate_rps=args.rate, arrival=args.arrival, in_flight=args.in_flight))
     for warning in beyond_host(args.cpus, args.memory):
         _warn(warning)
     try:
@@ -439,6 +440,13 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--size-axis", type=_non_negative_int, metavar="AXIS",
                          help="a SavedModel's input axis that --file-size sets (default 0: rows per request)")
     measure.add_argument("--threads", type=_positive_int, default=1, help="closed-loop client threads")
+    measure.add_argument("--rate", type=_positive_float, metavar="RPS",
+                         help="open loop: offer this many requests per second whatever the replicas do, latency "
+                              "counted from when each was due (instead of --threads)")
+    measure.add_argument("--arrival", choices=ARRIVALS, default="constant",
+                         help="open loop: constant gaps, or a Poisson process (seeded: reproducible)")
+    measure.add_argument("--in-flight", type=_positive_int, default=64, metavar="N",
+                         help="open loop: requests that may await answers at once (default 64)")
     measure.add_argument("--file-size", type=_positive_int, default=1,
                          help="MNIST: images per request; Inception: JPEG edge (px); NMT: tokens; DeepSpeech: "
                               "seconds; a SavedModel: rows per request (or the size of --size-axis)")

@@ -22,6 +22,9 @@ NetworkMethod = Literal["auto", "netem", "proxy"]
 HEARTBEAT_S = 10
 GRACE_HEARTBEATS = 3
 NETWORK_METHODS: tuple[NetworkMethod, ...] = ("auto", "netem", "proxy")
+#: How an open-loop run's requests arrive (optdse/arrivals.py): evenly spaced, or a Poisson process.
+ArrivalName = Literal["constant", "poisson"]
+ARRIVALS: tuple[ArrivalName, ...] = ("constant", "poisson")
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,9 @@ class ClientConfig:
     deadline_s: float = 30.0            # per request; later answers are errors
     retries: int = 0                    # a refused request is sent again to another replica
     chaos_kill_after_s: float | None = None  # kill one replica this long into the load
+    rate_rps: float | None = None       # open loop: requests offered per second (then `threads` is unused)
+    arrival: ArrivalName = "constant"
+    in_flight: int = 64                 # open loop: requests that may await answers at once
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,8 @@ class Config:
     def describe(self) -> str:
         s, c = self.server, self.client
         return (f"{s.replicas} x {s.model.name} ({s.cpus:g} CPU, {s.memory_mb} MB), "
-                f"{c.threads} threads, file size {c.file_size}, {c.requests} requests"
+                + (f"{c.threads} threads" if c.rate_rps is None else f"{c.rate_rps:g} req/s {c.arrival}")
+                + f", file size {c.file_size}, {c.requests} requests"
                 + (f" or {c.duration_s:g} s" if c.duration_s else "")
                 + (f", over {c.protocol.upper()}" if c.protocol != "grpc" else "")
                 + (f", {c.network.describe()}" if c.network.impaired else "")

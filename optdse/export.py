@@ -7,7 +7,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from optdse.spec import NETWORK_PARAMETERS, PARAMETERS
+from optdse.spec import ALL_PARAMETERS, NETWORK_PARAMETERS, PARAMETERS
 
 #: Measured figures exported beside the parameters, in this order.
 FIGURES = ("art_ms", "acu_cores", "p95_ms", "throughput_rps", "energy_j")
@@ -19,13 +19,14 @@ def trial_parameters(trial: optuna.trial.FrozenTrial) -> dict[str, object]:
     """Every parameter of the trial's configuration: the suggested ones and the fixed ones
     (stored as `fixed_NAME` user attrs, since Optuna does not record unsuggested values),
     and the network's where its space has a network block."""
-    network = [name for name in NETWORK_PARAMETERS if name in trial.params or f"fixed_{name}" in trial.user_attrs]
-    return {name: trial.params.get(name, trial.user_attrs.get(f"fixed_{name}")) for name in [*PARAMETERS, *network]}
+    present = [name for name in ALL_PARAMETERS if name in trial.params or f"fixed_{name}" in trial.user_attrs]
+    return {name: trial.params.get(name, trial.user_attrs.get(f"fixed_{name}")) for name in present}
 
 
 def parameter_columns(rows: list[dict[str, object]]) -> list[str]:
-    """The parameter columns of a table of trials: the five, and the network's if any trial has them."""
-    return [*PARAMETERS, *(name for name in NETWORK_PARAMETERS if any(name in row for row in rows))]
+    """The parameter columns of a table of trials: those any trial has (the five, or rate_rps instead
+    of threads, and the network's), in ALL_PARAMETERS' order."""
+    return [name for name in ALL_PARAMETERS if any(name in row for row in rows)] or list(PARAMETERS)
 
 
 def pareto_frame(study: optuna.Study) -> pd.DataFrame:

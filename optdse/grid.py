@@ -34,7 +34,7 @@ RETRIED = ("interrupted", "abandoned")
 #: rises within each replica count); CPU quotas, the network's impairment (a new relay or
 #: qdisc per trial anyway) and client parameters change for free.
 DEPLOYMENT_ORDER = ("model", "replicas", "memory_mb", "cpus", "delay_ms", "jitter_ms", "loss_pct", "file_size",
-                    "threads")
+                    "threads", "rate_rps")
 
 
 class AskTellGridSampler(GridSampler):

@@ -1,10 +1,9 @@
-"""The load generator: closed-loop client threads sending Predict, timed per request.
+"""The load generator: client threads sending Predict, closed-loop or open-loop, timed per request.
 
 Predict goes over gRPC (the seed's client) or TF Serving's REST API (`protocol: rest`: a JSON
 POST to /v1/models/NAME:predict on one persistent HTTP/1.1 connection per thread and replica).
-Each protocol is a small client class (`_GrpcClient`, `_RestClient`) that opens its
-connections before the clock starts and gives every thread a caller; the timing loop is the
-same for both.
+Each protocol is a small client class (optdse/callers.py) that opens its connections before
+the clock starts and gives every thread a caller; the timing loop is the same for both.
 
 Like the seed's client, each of N threads sends one request, waits for the answer, sends the
 next. Python's GIL would make one process the bottleneck it measures, so the threads are
@@ -14,6 +13,13 @@ processes) and its own CPU time, which is reported as the client's CPU and never
 
 Requests are spread over replicas round robin: request k of thread i goes to replica
 (i + k) mod R, so every replica sees every thread.
+
+Open loop (`rate_rps`): requests are due on a schedule fixed before the start
+(optdse/arrivals.py), split over the worker processes; in each, a pool of sender threads
+takes the next due request, waits for its time and sends it. Its latency counts from when it
+was due, and how late it went out is recorded: a send is late when every sender was still
+waiting for an answer (the pool, `in_flight` in all, was too small) or the client could not
+keep up, and a run with many late sends does not measure the offered rate.
 
 A run ends when its requests are sent or, if the plan has a duration, when that much time has
 passed since the start, whichever comes first: slow models (Inception at a fraction of a core)
@@ -31,7 +37,6 @@ they open a connection (optdse/network.py's netem method).
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import queue
@@ -39,7 +44,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -47,8 +52,9 @@ if TYPE_CHECKING:
     from multiprocessing.sharedctypes import Synchronized
 
 from optdse import signals
-from optdse.config import PROTOCOLS, ProtocolName
-from optdse.http1 import KeptAliveConnection, ProtocolError
+from optdse.arrivals import schedule
+from optdse.config import PROTOCOLS, ArrivalName, ProtocolName
+from optdse.callers import CLIENTS, CallFailed, Caller
 
 #: A worker that has used more than this share of one core was likely the bottleneck.
 SATURATED_CORE = 0.9
@@ -79,11 +85,18 @@ class LoadPlan:
     path: str = ""          # REST: the predict path, /v1/models/NAME:predict
     retries: int = 0        # times a refused request is sent again to another replica
     netns: str | None = None  # a network namespace (/run/netns/NAME) the workers enter first
+    rate_rps: float | None = None  # open loop: requests offered per second; None: closed loop (`threads`)
+    arrival: ArrivalName = "constant"  # open loop: constant gaps or a Poisson process
+    seed: int = 0           # of a Poisson schedule
+    in_flight: int = 64     # open loop: sender threads in all, so requests that may wait for answers at once
 
     def __post_init__(self) -> None:
         if not self.bodies or len(self.bodies) != len(self.batches):
             raise ValueError(f"a plan needs one batch size per body (got {len(self.bodies)} bodies, "
                              f"{len(self.batches)} batch sizes)")
+        if self.rate_rps is not None and not (0 < self.rate_rps < float("inf")) or self.in_flight < 1:
+            raise ValueError(f"an open-loop plan needs a rate > 0 and in_flight >= 1 (got {self.rate_rps}, "
+                             f"{self.in_flight})")
         if self.retries < 0 or self.deadline_s <= 0:
             raise ValueError(f"retries must be >= 0 and the deadline > 0 (got {self.retries}, {self.deadline_s:g} s)")
         if self.protocol not in PROTOCOLS:
@@ -91,9 +104,24 @@ class LoadPlan:
         if self.protocol == "rest" and not self.path.startswith("/"):
             raise ValueError(f"a REST plan needs the predict path, e.g. /v1/models/NAME:predict (got {self.path!r})")
 
+    @property
+    def open_loop(self) -> bool:
+        return self.rate_rps is not None
+
+    def describe_loop(self) -> str:
+        """Which loop drove the load, as the output says it."""
+        if self.rate_rps is None:
+            return f"closed loop, {self.threads} threads"
+        return f"open loop, {self.rate_rps:g} req/s {self.arrival}, up to {self.in_flight} in flight"
+
     def worker_count(self) -> int:
         wanted = self.processes or (os.cpu_count() or 1)
-        return max(1, min(self.threads, wanted))
+        return max(1, min(self.in_flight if self.open_loop else self.threads, wanted))
+
+    def due_times(self) -> np.ndarray:
+        """Open loop: when each of the `requests` is due, in seconds from the start."""
+        assert self.rate_rps is not None
+        return schedule(self.rate_rps, self.requests, self.arrival, self.seed)
 
     def thread_requests(self) -> list[int]:
         """Requests per thread: the total split as evenly as it goes."""
@@ -105,8 +133,8 @@ class LoadPlan:
 class LoadResult:
     """Every request of a run, sorted by send time, and what the client itself cost."""
 
-    send: np.ndarray        # perf_counter at send, s
-    latency: np.ndarray     # s
+    send: np.ndarray        # perf_counter at send (open loop: when it was due), s
+    latency: np.ndarray     # s, from `send`
     ok: np.ndarray          # bool
     thread: np.ndarray      # global thread index
     error_codes: dict[str, int]
@@ -116,6 +144,9 @@ class LoadResult:
     client_wall_seconds: tuple[float, ...]
     warnings: tuple[str, ...] = field(default=())
     retried: int = 0        # requests sent again to another replica (each retry counted)
+    late: np.ndarray = field(default_factory=lambda: np.zeros(0))  # open loop: actual send - due, s
+    loop: str = ""          # which loop drove it (LoadPlan.describe_loop)
+    offered_rps: float | None = None  # open loop: the plan's rate
 
     @property
     def client_cpu_cores(self) -> float:
@@ -127,146 +158,11 @@ class LoadResult:
         return max((c / w for c, w in zip(self.client_cpu_seconds, self.client_wall_seconds) if w > 0), default=0.0)
 
 
-class CallFailed(Exception):
-    """One request failed; `code` is what the run records for it."""
-
-    def __init__(self, code: str) -> None:
-        super().__init__(code)
-        self.code = code
-
-
-class _Caller(Protocol):
-    """What a load thread needs of a protocol."""
-
-    def call(self, target: int, timeout: float, which: int) -> bytes:
-        """Send the plan's request `which` to target `target` and return the answer's bytes, or raise
-        CallFailed with a code: a gRPC status name (UNAVAILABLE, DEADLINE_EXCEEDED) or HTTP_<status>.
-        gRPC gives up after `timeout` s; REST after the plan's deadline (a socket option)."""
-        ...
-
-    def rows(self, answer: bytes) -> set[int]:
-        """The first dimension of every output in `answer` (one row per input is expected)."""
-        ...
-
-
-class _Client(Protocol):
-    """One worker's connections for a protocol, opened before the clock starts."""
-
-    def caller(self) -> _Caller:
-        """A caller for one thread (threads may share one, where the protocol allows)."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class _GrpcClient:
-    """gRPC: one channel per target, shared by the worker's threads (gRPC multiplexes calls),
-    the request sent as pre-serialized bytes."""
-
-    def __init__(self, plan: LoadPlan) -> None:
-        import grpc
-
-        from optdse.protos import PREDICT_METHOD, predict_pb2
-
-        self._grpc, self._response = grpc, predict_pb2.PredictResponse
-        self._bodies, self._deadline = plan.bodies, plan.deadline_s
-        self._channels = [grpc.insecure_channel(t, options=[("grpc.max_receive_message_length", 256 << 20)])
-                          for t in plan.targets]
-        self._calls = [ch.unary_unary(PREDICT_METHOD) for ch in self._channels]  # bytes in, bytes out
-        for channel in self._channels:
-            try:
-                grpc.channel_ready_future(channel).result(timeout=30)
-            except grpc.FutureTimeoutError:
-                pass  # requests will record UNAVAILABLE
-
-    def caller(self) -> _GrpcClient:
-        return self
-
-    def call(self, target: int, timeout: float, which: int) -> bytes:
-        try:
-            return self._calls[target](self._bodies[which], timeout=timeout)
-        except self._grpc.RpcError as error:
-            raise CallFailed(error.code().name if error.code() else "UNKNOWN") from None
-
-    def rows(self, answer: bytes) -> set[int]:
-        outputs = self._response.FromString(answer).outputs
-        return {o.tensor_shape.dim[0].size for o in outputs.values() if o.tensor_shape.dim}
-
-    def close(self) -> None:
-        for channel in self._channels:
-            channel.close()
-
-
-class _RestClient:
-    """REST: every thread gets its own HTTP/1.1 connection to each target, kept open across
-    requests and reopened after a connection error (optdse/http1.py says why not http.client)."""
-
-    def __init__(self, plan: LoadPlan) -> None:
-        self.plan = plan
-        self._callers: list[_RestCaller] = []
-
-    def caller(self) -> _RestCaller:
-        caller = _RestCaller(self.plan)
-        self._callers.append(caller)
-        return caller
-
-    def close(self) -> None:
-        for caller in self._callers:
-            caller.close()
-
-
-class _RestCaller:
-    """One thread's connections, each with its request's bytes built once."""
-
-    def __init__(self, plan: LoadPlan) -> None:
-        self._connections = []
-        for target in plan.targets:
-            host, _, port = target.rpartition(":")
-            connection = KeptAliveConnection(host, int(port), plan.path, plan.bodies, "application/json",
-                                             plan.deadline_s)
-            try:
-                connection.connect()  # before the clock starts; a refused one is retried per request
-            except OSError:
-                connection.close()
-            self._connections.append(connection)
-
-    def call(self, target: int, timeout: float, which: int) -> bytes:
-        try:
-            status, answer = self._connections[target].post(which)
-        except TimeoutError:
-            raise CallFailed("DEADLINE_EXCEEDED") from None
-        except OSError:  # refused, reset, closed early: the next request reconnects
-            raise CallFailed("UNAVAILABLE") from None
-        except ProtocolError:
-            raise CallFailed("BAD_RESPONSE") from None
-        if status != 200:
-            raise CallFailed(f"HTTP_{status}")
-        return answer
-
-    def rows(self, answer: bytes) -> set[int]:
-        try:
-            answer_json = json.loads(answer)
-        except ValueError:
-            return set()
-        if isinstance(answer_json, dict) and isinstance(answer_json.get("predictions"), list):
-            return {len(answer_json["predictions"])}  # the row format: one prediction per row
-        outputs = answer_json.get("outputs") if isinstance(answer_json, dict) else None
-        columns = outputs.values() if isinstance(outputs, dict) else [outputs]  # columnar: one output, or named
-        return {len(column) for column in columns if isinstance(column, list)}
-
-    def close(self) -> None:
-        for connection in self._connections:
-            connection.close()
-
-
-#: The client class of each protocol (LoadPlan.protocol).
-CLIENTS: dict[str, Callable[[LoadPlan], _Client]] = {"grpc": _GrpcClient, "rest": _RestClient}
-
-
-def _worker(plan: LoadPlan, thread_ids: list[int], counts: list[int], ready: multiprocessing.Queue,
+def _worker(plan: LoadPlan, thread_ids: list[int], work: list[int] | np.ndarray, ready: multiprocessing.Queue,
             go: multiprocessing.Event, results: multiprocessing.Queue,  # type: ignore[type-arg]
             start: Synchronized[float]) -> None:
-    """Entry point of one worker process: connect, wait for `go`, run the threads.
+    """Entry point of one worker process: connect, wait for `go`, run the threads. `work` is
+    each thread's request count (closed loop) or this worker's share of the due times (open loop).
 
     The duration counts from `start`, the parent's clock reading when it said go
     (perf_counter is CLOCK_MONOTONIC, shared by all processes), not from when this worker
@@ -284,7 +180,7 @@ def _worker(plan: LoadPlan, thread_ids: list[int], counts: list[int], ready: mul
         enter_netns(plan.netns)
     client = CLIENTS[plan.protocol](plan)  # connects before the clock starts
     callers = [client.caller() for _ in thread_ids]
-    records: list[list[tuple[float, float, bool, str, int]]] = [[] for _ in thread_ids]
+    records: list[list[tuple[float, float, bool, str, int, float]]] = [[] for _ in thread_ids]
     targets, bodies = len(plan.targets), len(plan.bodies)
     held_until = [0.0] * targets  # a retrying client leaves a refusing replica alone until then
 
@@ -297,7 +193,7 @@ def _worker(plan: LoadPlan, thread_ids: list[int], counts: list[int], ready: mul
                     return candidate
         return target
 
-    def send(caller: _Caller, target: int, which: int) -> tuple[bytes | None, str, int]:
+    def send(caller: Caller, target: int, which: int) -> tuple[bytes | None, str, int]:
         """Request `which`, retried elsewhere as the plan allows: (answer, code, retries used)."""
         t0 = time.perf_counter()
         for attempt in range(plan.retries + 1):
@@ -314,26 +210,46 @@ def _worker(plan: LoadPlan, thread_ids: list[int], counts: list[int], ready: mul
                 target = pick((target + 1) % targets, now)
         raise AssertionError("unreachable")
 
-    def run(slot: int) -> None:
-        thread, out, caller = thread_ids[slot], records[slot], callers[slot]
-        checked: set[int] = set()
-        for k in range(counts[slot]):
+    checked: list[set[int]] = [set() for _ in thread_ids]  # bodies whose answer each thread has checked
+
+    def timed(slot: int, target: int, which: int, due: float | None) -> None:
+        """Send request `which` to `target` and record it; open loop: from `due`, how late it went."""
+        caller = callers[slot]
+        t0 = time.perf_counter()
+        answer, code, retried = send(caller, pick(target, t0), which)
+        t1 = time.perf_counter()
+        if answer is not None and which not in checked[slot]:  # once per thread and body: a row per input row
+            checked[slot].add(which)
+            if caller.rows(answer) != {plan.batches[which]}:
+                code = "BAD_RESPONSE"
+        start_at = t0 if due is None else due
+        records[slot].append((start_at, t1 - start_at, code == "OK", code, retried, 0.0 if due is None else t0 - due))
+
+    def run_closed(slot: int) -> None:
+        thread = thread_ids[slot]
+        for k in range(int(work[slot])):
             if stop_at is not None and time.perf_counter() >= stop_at:
                 break
-            which = (thread + k) % bodies
-            t0 = time.perf_counter()
-            answer, code, retried = send(caller, pick((thread + k) % targets, t0), which)
-            t1 = time.perf_counter()
-            if answer is not None and which not in checked:  # one full check per thread and body: a row per input row
-                checked.add(which)
-                if caller.rows(answer) != {plan.batches[which]}:
-                    code = "BAD_RESPONSE"
-            out.append((t0, t1 - t0, code == "OK", code, retried))
+            timed(slot, (thread + k) % targets, (thread + k) % bodies, None)
+
+    due_at = np.asarray(work if plan.open_loop else [], dtype=np.float64)  # open loop: this worker's share, s
+    taken = iter(range(len(due_at)))  # the senders' shared queue: next() is atomic under the GIL
+
+    def run_open(slot: int) -> None:
+        for k in taken:
+            due = start.value + float(due_at[k])
+            if stop_at is not None and due >= stop_at:
+                break
+            wait = due - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            timed(slot, k % targets, k % bodies, due)
 
     ready.put(os.getpid())
     go.wait(60)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     stop_at = None if plan.duration_s is None else start.value + plan.duration_s
+    run = run_open if plan.open_loop else run_closed
     threads = [threading.Thread(target=run, args=(slot,), daemon=True) for slot in range(len(thread_ids))]
     for t in threads:
         t.start()
@@ -371,14 +287,21 @@ def run_load(plan: LoadPlan, timeout_s: float = 3600.0, on_start: Callable[[], N
     context.set_forkserver_preload(["optdse.load"])
     ready, results, go = context.Queue(), context.Queue(), context.Event()
     start = context.Value("d", 0.0)
-    counts = plan.thread_requests()
     workers = plan.worker_count()
+    shares: list[tuple[list[int], list[int] | np.ndarray]] = []  # per worker: thread ids, their work
+    if plan.open_loop:  # request k is due at due[k]; worker w sends k = w, w + W, ... with its senders
+        due = plan.due_times()
+        senders = -(-plan.in_flight // workers)
+        shares = [(list(range(w * senders, (w + 1) * senders)), due[w::workers]) for w in range(workers)]
+    else:
+        counts = plan.thread_requests()
+        shares = [(ids, [counts[i] for i in ids]) for ids in (list(range(w, plan.threads, workers))
+                                                              for w in range(workers))]
     processes = []
-    collected: list[tuple[list[tuple[float, float, bool, str, int, int]], float, float]] = []
+    collected: list[tuple[list[tuple[float, float, bool, str, int, float, int]], float, float]] = []
     try:
-        for w in range(workers):
-            ids = list(range(w, plan.threads, workers))
-            p = context.Process(target=_worker, args=(plan, ids, [counts[i] for i in ids], ready, go, results, start),
+        for w, (ids, work) in enumerate(shares):
+            p = context.Process(target=_worker, args=(plan, ids, work, ready, go, results, start),
                                 name=f"optdse-load-{w}", daemon=True)
             # A stop between the fork and the append would leave a worker the `finally` cannot
             # kill: at exit multiprocessing unlinks the queues' semaphores before it terminates
@@ -418,9 +341,10 @@ def run_load(plan: LoadPlan, timeout_s: float = 3600.0, on_start: Callable[[], N
             errors[code] = errors.get(code, 0) + 1
     result = LoadResult(
         send=send, latency=np.array([r[1] for r in rows]), ok=np.array([r[2] for r in rows], dtype=bool),
-        thread=np.array([r[5] for r in rows], dtype=np.int64), error_codes=errors, started=started,
+        thread=np.array([r[6] for r in rows], dtype=np.int64), error_codes=errors, started=started,
         finished=finished, client_cpu_seconds=tuple(c for _, c, _ in collected),
-        client_wall_seconds=tuple(w for _, _, w in collected), retried=sum(r[4] for r in rows))
+        client_wall_seconds=tuple(w for _, _, w in collected), retried=sum(r[4] for r in rows),
+        late=np.array([r[5] for r in rows]), loop=plan.describe_loop(), offered_rps=plan.rate_rps)
     if result.busiest_worker_cores > SATURATED_CORE:
         warning = (f"the load generator saturated a core ({result.busiest_worker_cores:.2f} cores in one "
                    f"worker process): response times may include client queueing")
@@ -442,5 +366,5 @@ def stop_helpers() -> None:
         helper._stop()  # noqa: SLF001  # a no-op where it never started
 
 
-__all__ = ["CLIENTS", "SATURATED_CORE", "CallFailed", "LoadError", "LoadPlan", "LoadResult", "run_load",
+__all__ = ["SATURATED_CORE", "LoadError", "LoadPlan", "LoadResult", "run_load",
            "stop_helpers"]

@@ -4,7 +4,8 @@ Definitions (README "Definitions" says the same):
 - Window: requests are ordered by send time. Warm-up is the first `warmup_fraction` of them;
   cool-down starts when the first client thread has sent its last request (from then on
   fewer than N threads are loading the server). The window is [first request after warm-up,
-  start of cool-down); only requests sent inside it count.
+  start of cool-down); only requests sent inside it count. Open loop: "sent" is when a
+  request was due, and the window runs to the last one (the offered load never tapers).
 - ART: mean client-side latency of the successful requests in the window; p50..p99 likewise.
 - ACU: replicas' CPU seconds inside the window / window length, in cores.
 - Energy: RAPL package joules in the window where readable (whole machine, client included),
@@ -23,6 +24,10 @@ from optdse.load import LoadResult
 from optdse.monitor import Samples, watts_per_core
 
 STABLE_SPREAD = 0.10
+#: Open loop: a send more than LATE_S after it was due is late; a run with more than
+#: MAX_LATE_FRACTION of its sends late did not offer its rate, and is not a valid measurement.
+LATE_S = 1e-3
+MAX_LATE_FRACTION = 0.01
 #: A CFS quota is granted per 100 ms period, so a replica may use a whole period's quota in a
 #: burst: over windows of a few periods ACU can differ from the quota's average by that much.
 SHORT_WINDOW_S = 1.0
@@ -40,12 +45,17 @@ class Window:
 
 
 def cut_window(load: LoadResult, warmup_fraction: float) -> Window:
+    """The measurement window (module docstring). Open loop: the offered load is the same until
+    the schedule's last request was due, so there is no cool-down to cut; the window ends there."""
     n = len(load.send)
-    last_send_per_thread = [load.send[load.thread == t].max() for t in np.unique(load.thread)]
-    cool_down = float(min(last_send_per_thread))
     first = min(int(np.ceil(warmup_fraction * n)), n - 1)
     start = float(load.send[first])
-    mask = (load.send >= start) & (load.send < cool_down)
+    if load.offered_rps:
+        cool_down = float(load.send[-1])
+        mask = (load.send >= start) & (load.send <= cool_down)
+    else:
+        cool_down = float(min(load.send[load.thread == t].max() for t in np.unique(load.thread)))
+        mask = (load.send >= start) & (load.send < cool_down)
     if mask.sum() < 2:  # too few requests per thread to cut both ends: keep what was sent
         start, cool_down = float(load.send[0]), float(load.finished)
         mask = np.ones(n, dtype=bool)
@@ -110,6 +120,13 @@ class Measurement:
     retried_requests: int = 0     # requests sent again to another replica after a refusal
     replicas_killed: list[str] = field(default_factory=list)  # by the chaos option, during the load
     acu_by_node: dict[str, float] = field(default_factory=dict)  # ACU of the replicas on each host (swarm nodes)
+    p999_ms: float = 0.0
+    loop: str = "closed loop"     # which loop drove the load (closed: threads; open: an offered rate)
+    offered_rps: float = 0.0      # open loop: the rate offered (0: closed loop)
+    late_sends: int = 0           # open loop: sends more than LATE_S after they were due
+    late_fraction: float = 0.0
+    late_max_ms: float = 0.0
+    generator_kept_up: bool = True  # open loop: at most MAX_LATE_FRACTION late; else the trial is infeasible
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -122,7 +139,7 @@ def summarize(load: LoadResult, samples: Samples, window: Window, memory_peaks: 
     latency_ms = load.latency[good] * 1e3
     if latency_ms.size == 0:
         latency_ms = np.array([np.nan])
-    p50, p90, p95, p99 = np.percentile(latency_ms, [50, 90, 95, 99])
+    p50, p90, p95, p99, p999 = np.percentile(latency_ms, [50, 90, 95, 99, 99.9])
     cpu = samples.cpu_between(window.start, window.end)
     rapl = samples.joules_between(window.start, window.end)
     energy, method = ((rapl, "rapl: package energy, whole machine") if rapl is not None else
@@ -136,6 +153,12 @@ def summarize(load: LoadResult, samples: Samples, window: Window, memory_peaks: 
     spread = max(_spread(parts_rps), _spread(parts_art))
     errors = int((~load.ok).sum())
     warnings = list(load.warnings)
+    late = int((load.late > LATE_S).sum())
+    late_fraction = late / max(1, len(load.send))
+    if late_fraction > MAX_LATE_FRACTION:
+        warnings.append(f"the load generator fell behind: {late} of {len(load.send)} sends ({late_fraction:.1%}) went "
+                        f"out more than {LATE_S * 1e3:g} ms after they were due (worst {load.late.max() * 1e3:.1f} ms); "
+                        "the offered rate was not what the replicas saw, so the measurement is not valid")
     if window.seconds < SHORT_WINDOW_S:
         warnings.append(f"the measurement window is only {window.seconds:.2f} s: ACU over so few 100 ms CPU-quota "
                         "periods is coarse; use more --requests")
@@ -155,7 +178,11 @@ def summarize(load: LoadResult, samples: Samples, window: Window, memory_peaks: 
         window_start_s=round(window.start - load.started, 4), window_end_s=round(window.end - load.started, 4),
         timeseries=timeseries(load, samples, window), retried_requests=load.retried,
         acu_by_node={node: round(seconds / window.seconds, 4) if window.seconds > 0 else 0.0
-                     for node, seconds in samples.cpu_between_by_node(window.start, window.end).items()})
+                     for node, seconds in samples.cpu_between_by_node(window.start, window.end).items()},
+        p999_ms=float(p999), loop=load.loop or "closed loop", offered_rps=float(load.offered_rps or 0.0),
+        late_sends=late, late_fraction=late_fraction,
+        late_max_ms=float(load.late.max() * 1e3) if load.late.size else 0.0,
+        generator_kept_up=late_fraction <= MAX_LATE_FRACTION)
 
 
 def coefficient_of_variation(values: list[float]) -> float:
@@ -187,6 +214,8 @@ def combine_repeats(results: list[Measurement]) -> Measurement:
     combined["error_rate"] = combined["errors"] / max(1, combined["requests_sent"])  # type: ignore[operator]
     combined.update(repeats=len(results), art_cv=coefficient_of_variation(art), acu_cv=coefficient_of_variation(acu),
                     art_ms_repeats=art, acu_cores_repeats=acu, stable=all(r.stable for r in results),
+                    generator_kept_up=all(r.generator_kept_up for r in results),
+                    late_max_ms=max(r.late_max_ms for r in results),
                     replicas_killed=[name for r in results for name in r.replicas_killed],
                     error_codes={code: sum(r.error_codes.get(code, 0) for r in results)
                                  for r in results for code in r.error_codes})

@@ -55,7 +55,8 @@ def measure(backend: Backend, config: Config, client_processes: int = 0,
         plan = LoadPlan(targets=link.targets, bodies=payload.bodies, batches=payload.batches, threads=client.threads,
                         requests=client.requests, deadline_s=client.deadline_s, processes=client_processes,
                         duration_s=client.duration_s, protocol=client.protocol, path=payload.path,
-                        retries=client.retries, netns=link.client_netns)
+                        retries=client.retries, netns=link.client_netns, rate_rps=client.rate_rps,
+                        arrival=client.arrival, in_flight=client.in_flight)
         chaos = (threading.Timer(client.chaos_kill_after_s, _kill_one, (backend,))
                  if client.chaos_kill_after_s else None)
         monitor = Monitor(backend)

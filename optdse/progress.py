@@ -43,8 +43,8 @@ class StudyProgress:
     @staticmethod
     def pareto_table(optuna_study: optuna.Study, limit: int = 10) -> Table:
         frame = pareto_frame(optuna_study)
-        parameters = [c for c in ("threads", "file_size", "replicas", "cpus", "memory_mb", "delay_ms", "jitter_ms",
-                                  "loss_pct") if c in frame.columns]
+        parameters = [c for c in ("threads", "rate_rps", "file_size", "replicas", "cpus", "memory_mb", "delay_ms",
+                                  "jitter_ms", "loss_pct") if c in frame.columns]
         # A parameter with one value on the whole front is said once, in the title, so the
         # table fits a terminal (the network study has eight parameters).
         same = [c for c in parameters if len(frame) > 1 and frame[c].nunique(dropna=False) == 1]

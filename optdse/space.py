@@ -48,11 +48,14 @@ def to_config(values: dict[str, float], study: Study) -> Config:
                           memory_mb=int(values["memory_mb"]))
     network = NetworkConfig(delay_ms=float(values.get("delay_ms", 0.0)), jitter_ms=float(values.get("jitter_ms", 0.0)),
                             loss_pct=float(values.get("loss_pct", 0.0)), method=spec.network_method)
-    client = ClientConfig(threads=int(values["threads"]), file_size=int(values["file_size"]),
+    rate = values.get("rate_rps")
+    client = ClientConfig(threads=int(values.get("threads", 1)), file_size=int(values["file_size"]),
                           requests=spec.requests, warmup_fraction=spec.warmup_fraction,
                           duration_s=spec.duration_s, protocol=spec.protocol, network=network,
                           deadline_s=spec.deadline_ms / 1e3, retries=spec.retries,
-                          chaos_kill_after_s=spec.chaos.kill_replica_after_s if spec.chaos else None)
+                          chaos_kill_after_s=spec.chaos.kill_replica_after_s if spec.chaos else None,
+                          rate_rps=float(rate) if rate is not None else None, arrival=spec.arrival,
+                          in_flight=spec.in_flight)
     return Config(server=server, client=client)
 
 

@@ -27,6 +27,8 @@ PARAMETERS = {
     "cpus": "CPU cores per replica (a CFS quota)",
     "memory_mb": "memory limit per replica in MiB",
 }
+#: Instead of `threads`, a space may offer an open-loop rate (optdse/arrivals.py).
+LOAD_PARAMETERS = {"rate_rps": "open loop: requests offered per second, latency counted from when each was due"}
 #: The `network` block's parameters: impairment of the client-replica link (optdse/network.py).
 NETWORK_PARAMETERS = {
     "delay_ms": "delay added to every round trip between client and replicas, ms",
@@ -40,6 +42,8 @@ METRICS = {
     "throughput_rps": "maximize",
 }
 INTEGER_PARAMETERS = {"threads", "file_size", "replicas", "memory_mb"}
+#: Every parameter name a space or an enqueued point may use.
+ALL_PARAMETERS = [*PARAMETERS, *LOAD_PARAMETERS, *NETWORK_PARAMETERS]
 
 
 class SpecError(ValueError):
@@ -87,7 +91,7 @@ class SearchSpace(_Strict):
     """search_spaces/NAME.yaml: the dimensions a study explores; `network` (optional) adds the
     link's delay, jitter and loss, sampled like the others."""
 
-    parameters: dict[Literal["threads", "file_size", "replicas", "cpus", "memory_mb"], Distribution]
+    parameters: dict[Literal["threads", "file_size", "replicas", "cpus", "memory_mb", "rate_rps"], Distribution]
     network: dict[Literal["delay_ms", "jitter_ms", "loss_pct"], Distribution] = Field(default_factory=dict)
 
     @property
@@ -97,11 +101,15 @@ class SearchSpace(_Strict):
 
     @model_validator(mode="after")
     def _complete_and_in_bounds(self) -> SearchSpace:
-        missing = sorted(set(PARAMETERS) - set(self.parameters))
+        if "rate_rps" in self.parameters and "threads" in self.parameters:
+            raise ValueError("parameters: threads (a closed loop) and rate_rps (an open loop) exclude each other; "
+                             "give one")
+        missing = sorted(set(PARAMETERS) - set(self.parameters) - ({"threads"} if "rate_rps" in self.parameters
+                                                                     else set()))
         if missing:
             raise ValueError(f"parameters: missing {', '.join(missing)}; a space defines all of "
-                             f"{', '.join(PARAMETERS)}")
-        minimum = {"threads": 1, "file_size": 1, "replicas": 1, "cpus": 0.01, "memory_mb": 16}
+                             f"{', '.join(PARAMETERS)} (or rate_rps instead of threads)")
+        minimum = {"threads": 1, "file_size": 1, "replicas": 1, "cpus": 0.01, "memory_mb": 16, "rate_rps": 0.1}
         for name, dist in self.parameters.items():
             low = dist.low if isinstance(dist, Range) else dist.value
             if low < minimum[name]:
@@ -186,6 +194,10 @@ class StudySpec(_Strict):
     network_method: Literal["auto", "netem", "proxy"] = Field(
         "auto", description="how the network block's impairment is made: netem where the kernel has it, else proxy")
     backend: Literal["local", "docker", "swarm"] = "local"
+    arrival: Literal["constant", "poisson"] = Field(
+        "constant", description="open loop (a space with rate_rps): evenly spaced or Poisson arrivals")
+    in_flight: Annotated[int, Field(ge=1, le=4096)] = Field(
+        64, description="open loop: requests that may await answers at once")
     protocol: Literal["grpc", "rest"] = Field(
         "grpc", description="how the load generator sends Predict: gRPC, or TF Serving's REST API (JSON)")
     image: str = Field("host-python", description="docker/swarm: host-python, an optdse.serve image "
@@ -213,10 +225,9 @@ class StudySpec(_Strict):
     @model_validator(mode="after")
     def _enqueued_names_known(self) -> StudySpec:
         for point in self.enqueue:
-            unknown = sorted(set(point) - set(PARAMETERS) - set(NETWORK_PARAMETERS))
+            unknown = sorted(set(point) - set(ALL_PARAMETERS))
             if unknown:
-                raise ValueError(f"enqueue: unknown parameter {unknown[0]}; allowed: "
-                                 f"{', '.join([*PARAMETERS, *NETWORK_PARAMETERS])}")
+                raise ValueError(f"enqueue: unknown parameter {unknown[0]}; allowed: {', '.join(ALL_PARAMETERS)}")
         return self
 
 
@@ -355,5 +366,5 @@ def _model(path: Path, given: str | ModelBlock) -> Model:
         raise SpecError(f"{path}: model.{error.key}: {error}") from None
 
 
-__all__ = ["METRICS", "NETWORK_PARAMETERS", "ModelBlock", "PARAMETERS", "Chaos", "Fixed", "Range", "SearchSpace", "SpecError", "Study", "StudySpec",
+__all__ = ["ALL_PARAMETERS", "LOAD_PARAMETERS", "METRICS", "NETWORK_PARAMETERS", "ModelBlock", "PARAMETERS", "Chaos", "Fixed", "Range", "SearchSpace", "SpecError", "Study", "StudySpec",
            "find_search_space", "find_study_file", "load_study"]

@@ -38,7 +38,7 @@ from optdse.config import GRACE_HEARTBEATS, HEARTBEAT_S, Config
 from optdse.dashboard import failure_note, save_hypervolume_plot, trial_note
 from optdse.deploy.base import Backend, DeployError
 from optdse.deploy.runs import live_process, other_live_runs
-from optdse.measurement import Measurement, combine_repeats
+from optdse.measurement import MAX_LATE_FRACTION, Measurement, combine_repeats
 from optdse.objective import MeasureError, measure
 from optdse.space import fixed_values, suggest
 from optdse.spec import Study
@@ -219,16 +219,25 @@ def _measure_trial(optuna_study: optuna.Study, trial: optuna.Trial, study: Study
     with signals.atomic():  # the measured trial is recorded whole
         for key, value in result.as_dict().items():
             trial.set_user_attr(key, value)
-        record_constraints(trial, [result.error_rate - study.spec.max_error_rate])
+        record_constraints(trial, [feasibility(result, study.spec.max_error_rate)])
         save_note(trial, trial_note(config, result))
         optuna_study.tell(trial, values)
     summary = (f"ART {result.art_ms:.2f} ms, ACU {result.acu_cores:.3f} cores, p95 {result.p95_ms:.2f} ms, "
                f"{result.throughput_rps:.0f} req/s, errors {result.errors}")
     if result.retried_requests or result.replicas_killed:
         summary += f", {result.retried_requests} retried" + "".join(f", killed {name}" for name in result.replicas_killed)
+    if result.offered_rps:
+        summary += f", {result.late_sends} late sends" + ("" if result.generator_kept_up else " (INFEASIBLE)")
     if result.repeats > 1:
         summary += f", CV over {result.repeats} repeats: ART {result.art_cv:.1%}, ACU {result.acu_cv:.1%}"
     return TrialOutcome(trial.number, TrialState.COMPLETE, values, summary)
+
+
+def feasibility(result: Measurement, max_error_rate: float) -> float:
+    """The trial's one constraint (<= 0 feasible): its error rate over the limit, or in an
+    open-loop run whose generator fell behind, its share of late sends over the limit."""
+    excess = result.error_rate - max_error_rate
+    return excess if result.generator_kept_up else max(excess, result.late_fraction - MAX_LATE_FRACTION)
 
 
 def record_constraints(trial: optuna.Trial, values: list[float]) -> None:

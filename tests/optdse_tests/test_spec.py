@@ -87,6 +87,8 @@ BAD_SPACES = [
     (SPACE.replace("{value: 1000}", "{value: 1000, high: 3}"), "parameters.memory_mb", "unknown key"),
     (SPACE + "network:\n  loss_pct: {low: 0, high: 150}\n", "network.loss_pct", "must lie in 0..100"),
     (SPACE + "network:\n  drop: {value: 1}\n", "network.drop", "'delay_ms', 'jitter_ms' or 'loss_pct'"),
+    (SPACE + "  rate_rps:  {low: 10, high: 100}\n", "parameters", "threads (a closed loop) and rate_rps (an open loop)"),
+    (SPACE.replace("  threads:   {low: 1, high: 4}\n", ""), "parameters", "missing threads"),
 ]
 
 
@@ -132,3 +134,12 @@ def test_a_storage_url_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None
     done = optdse(tmp_path, "study", "mnist-pareto", "--storage", "nosuch://nowhere")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.startswith("optdse study: error: --storage nosuch://nowhere: cannot open it")
+
+
+def test_an_open_loop_space_offers_a_rate_instead_of_threads(tmp_path: Path) -> None:
+    space = SPACE.replace("threads:   {low: 1, high: 4}", "rate_rps:  {low: 50, high: 200, log: true}")
+    study = load_study(str(write_study(tmp_path, "open", space=space, arrival="poisson",
+                                       enqueue="[{replicas: 1, rate_rps: 100}]")))
+    config = to_config({"rate_rps": 120.0, "file_size": 2, "replicas": 1, "cpus": 0.5, "memory_mb": 1000}, study)
+    assert config.client.rate_rps == 120.0 and config.client.arrival == "poisson" and config.client.in_flight == 64
+    assert "120 req/s poisson" in config.describe()

@@ -142,14 +142,20 @@ def _one_line_exit_2(done: subprocess.CompletedProcess[str], *expected: str) -> 
 def test_bad_model_inputs_are_one_line_and_exit_2_with_nothing_started(folder: Path) -> None:
     (folder / "models" / "empty").mkdir()
     (folder / "bad.jsonl").write_text('{"instances": [{"readings": [1, 2, 3], "station": 1}]}\n')
+    (folder / "table.csv").write_text("readings,station,tag\n1 2 3,1,n\n")
+    (folder / "short.jsonl").write_text('{"instances": [{"readings": [1, 2], "station": 1, "tag": "n"}]}\n')
+    (folder / "words.jsonl").write_text('{"inputs": {"readings": [[1, 2, 3]], "station": ["one"], "tag": ["n"]}}\n')
     measure = ("measure", "--requests", "20")
+    estimate = ["--model", "models/station", "--signature", "estimate", "--request-file"]
     cases = [
         (["--model", "models/nowhere"], "--model: models/nowhere: not a built-in model"),
         (["--model", "models/empty"], "--model: ", "empty: no SavedModel in an integer version folder"),
         (["--model", "models/station/1"], "it is a SavedModel itself: move it into a version folder"),
         (["--model", "models/station"], "--signature: ", "no signature 'serving_default'; it has estimate, smooth"),
-        (["--model", "models/station", "--signature", "estimate", "--request-file", "bad.jsonl"],
-         "--request-file: ", "bad.jsonl: line 1: input 'tag' is missing"),
+        ([*estimate, "bad.jsonl"], "--request-file: ", "bad.jsonl: line 1: input 'tag' is missing"),
+        ([*estimate, "table.csv"], "--request-file: ", "table.csv: line 1: not JSON"),
+        ([*estimate, "short.jsonl"], "line 1: input 'readings': shape [1, 2]; the signature wants float [?, 3]"),
+        ([*estimate, "words.jsonl"], "line 1: input 'station': got strings; the signature wants int64 [?]"),
         (["--model", "models/station", "--signature", "estimate", "--size-axis", "1"],
          "--size-axis: size_axis 1: no input of signature 'estimate' has a variable-size axis 1"),
     ]

@@ -1,0 +1,144 @@
+"""Open-loop load: a schedule of due times, latency counted from when a request was due.
+
+The claim (issue 19, part 1): at a fixed offered rate, a replica frozen for half a second
+shows up in the tail as every request that was due during the freeze, while the same run
+without the freeze does not, and a closed-loop run through the same freeze hides it
+(coordinated omission: its one waiting thread sends nothing meanwhile). Compared side by
+side in one test, as ratios; and offered rate and measured throughput agree below capacity.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from optdse.arrivals import schedule
+from optdse.config import ClientConfig, Config, ServerConfig
+from optdse.deploy.local import LocalBackend
+from optdse.load import LoadPlan, LoadResult, run_load
+from optdse.models import builtin
+from optdse.payloads import build_payload
+from tests.optdse_tests.conftest import SPACE, optdse, write_study
+from tests.serving_process import ServerProcess
+
+
+def test_a_constant_schedule_is_evenly_spaced_and_a_poisson_one_is_seeded() -> None:
+    assert schedule(4.0, 5).tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    poisson = schedule(200.0, 20_000, "poisson", seed=7)
+    assert poisson[0] == 0.0 and np.all(np.diff(poisson) > 0)
+    assert np.array_equal(poisson, schedule(200.0, 20_000, "poisson", seed=7))  # reproducible
+    assert not np.array_equal(poisson, schedule(200.0, 20_000, "poisson", seed=8))
+    assert np.mean(np.diff(poisson)) == pytest.approx(1 / 200, rel=0.03)
+    gaps = np.diff(poisson)
+    assert np.std(gaps) == pytest.approx(np.mean(gaps), rel=0.05)  # exponential: sd = mean
+    with pytest.raises(ValueError, match="rate must be > 0"):
+        schedule(0.0, 10)
+
+
+def _plan(target: str, **changes: object) -> LoadPlan:
+    payload = build_payload("mnist", 1)
+    fields: dict[str, object] = {"targets": (target,), "bodies": payload.bodies, "batches": payload.batches,
+                                 "threads": 1, "requests": 300, "rate_rps": 100.0, "deadline_s": 10.0}
+    return LoadPlan(**{**fields, **changes})  # type: ignore[arg-type]
+
+
+def test_offered_rate_and_measured_throughput_agree_below_capacity(server: ServerProcess) -> None:
+    result = run_load(_plan(f"127.0.0.1:{server.port}", rate_rps=150.0, requests=450))
+    assert result.ok.all() and result.loop.startswith("open loop, 150 req/s constant")
+    done = result.send + result.latency
+    measured = len(result.send) / (done.max() - result.send.min())
+    assert measured == pytest.approx(150.0, rel=0.05), measured
+    assert np.allclose(np.diff(result.send), 1 / 150, atol=1e-6)  # `send` is when each was due
+
+
+def _with_freeze(plan: LoadPlan, pid: int, at_s: float, for_s: float) -> tuple[LoadResult, float, float]:
+    """Run `plan`, stopping process `pid` (a replica this test started) from `at_s` into the
+    load for `for_s`; returns the result and when the freeze began and ended (perf_counter)."""
+    moments: dict[str, float] = {}
+
+    def freeze() -> None:
+        os.kill(pid, signal.SIGSTOP)
+        moments["stop"] = time.perf_counter()
+        time.sleep(for_s)
+        os.kill(pid, signal.SIGCONT)
+        moments["cont"] = time.perf_counter()
+
+    timer = threading.Timer(at_s, freeze)
+    try:
+        result = run_load(plan, on_start=timer.start)
+    finally:
+        timer.join()
+        os.kill(pid, signal.SIGCONT)  # whatever happened, the replica runs again
+    return result, moments["stop"], moments["cont"]
+
+
+def test_a_frozen_replica_shows_in_the_open_loop_tail_and_hides_in_the_closed_loop(local: LocalBackend) -> None:
+    (endpoint,) = local.apply(ServerConfig(builtin("mnist"), replicas=1, cpus=2.0, memory_mb=1000))
+    pid = local.replicas[0].process.pid
+    open_plan = _plan(endpoint.target)  # 100 req/s for 3 s
+    steady = run_load(open_plan)
+    frozen, stop, cont = _with_freeze(open_plan, pid, at_s=1.0, for_s=0.5)
+    closed, _, _ = _with_freeze(_plan(endpoint.target, rate_rps=None, requests=10**6, duration_s=3.0), pid, 1.0, 0.5)
+    assert steady.ok.all() and frozen.ok.all() and closed.ok.all()
+
+    # Every request due during the freeze waited for its end: its latency counts from when it was due.
+    due_in_freeze = (frozen.send >= stop) & (frozen.send < cont - 0.01)
+    assert due_in_freeze.sum() >= 40  # ~50 at 100 req/s
+    assert np.all(frozen.latency[due_in_freeze] >= (cont - frozen.send[due_in_freeze]) - 0.005)
+
+    def p99(result: LoadResult) -> float:
+        return float(np.percentile(result.latency, 99))
+
+    assert p99(frozen) > 5 * p99(steady), (p99(frozen), p99(steady))
+    assert frozen.latency.mean() > 3 * steady.latency.mean()
+    # The closed loop's one thread waited once; every other request of its run was fast.
+    assert p99(closed) < p99(frozen) / 5, (p99(closed), p99(frozen))
+    assert closed.latency.max() >= 0.4  # the freeze happened to it too
+
+
+@pytest.mark.usefixtures("cgroup_driver")
+def test_optdse_measure_at_an_offered_rate_reports_the_loop_tail_and_late_sends(project: Path) -> None:
+    done = optdse(project, "measure", "--rate", "150", "--arrival", "poisson", "--duration", "4",
+                  "--requests", "100000", "--json")
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert figures["loop"] == "open loop, 150 req/s poisson, up to 64 in flight" and figures["offered_rps"] == 150
+    assert "150 req/s poisson" in figures["config"]
+    assert figures["errors"] == 0 and figures["p999_ms"] >= figures["p99_ms"] > 0
+    assert 0 <= figures["late_sends"] <= figures["requests_sent"] and figures["late_max_ms"] >= 0
+    assert figures["throughput_rps"] == pytest.approx(150, rel=0.25)  # Poisson: a 4 s sample of the rate
+    assert figures["generator_kept_up"] == (figures["late_fraction"] <= 0.01)
+
+
+def test_a_config_says_which_loop_it_uses() -> None:
+    closed = Config(ServerConfig(builtin("mnist"), 1, 1.0, 1000), ClientConfig(threads=4, file_size=1, requests=10))
+    opened = Config(closed.server, ClientConfig(threads=4, file_size=1, requests=10, rate_rps=50.0, arrival="poisson"))
+    assert "4 threads" in closed.describe() and "50 req/s poisson" in opened.describe()
+
+
+@pytest.mark.usefixtures("cgroup_driver")
+def test_an_open_loop_study_searches_the_offered_rate(project: Path) -> None:
+    space = SPACE.replace("threads:   {low: 1, high: 4}", "rate_rps:  {low: 50, high: 200, log: true}")
+    write_study(project, "offered", space=space, trials=2, enqueue="[{replicas: 1, cpus: 1.0, rate_rps: 100}]")
+    done = optdse(project, "study", "offered")
+    assert done.returncode == 0, done.stderr[-3000:]
+    study = optuna.load_study(study_name="offered", storage=f"sqlite:///{project}/results/optdse.db")
+    first, second = study.trials
+    assert first.params["rate_rps"] == 100 and "threads" not in first.params
+    for trial in (first, second):
+        assert trial.state == optuna.trial.TrialState.COMPLETE, trial.user_attrs.get("fail_message")
+        assert trial.user_attrs["loop"].startswith(f"open loop, {trial.params['rate_rps']:g} req/s constant")
+        assert trial.user_attrs["offered_rps"] == trial.params["rate_rps"]
+    assert optdse(project, "export", "offered", "--pareto", "front.csv").returncode == 0
+    columns = pd.read_csv(project / "front.csv").columns
+    assert "rate_rps" in columns and "threads" not in columns
