@@ -4,6 +4,7 @@ measured again, and a second worker on one host is refused unless told to share 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -104,9 +105,9 @@ def test_two_workers_finish_one_study_and_a_killed_workers_trial_is_retried(
     # host) and optuna-dashboard.
     exported = optdse(project, "export", "shared", "--storage", url, "--pareto", "front.csv")
     assert exported.returncode == 0, exported.stderr
-    front = (project / "front.csv").read_text().splitlines()
-    assert front[0].endswith(",host") and all(row.rsplit(",", 1)[1] in (OTHER_HOST, socket.gethostname())
-                                              for row in front[1:])
+    with (project / "front.csv").open() as csv_file:
+        front = list(csv.DictReader(csv_file))
+    assert front and all(row["host"] in (OTHER_HOST, socket.gethostname()) for row in front)
     port = free_port()
     dashboard = subprocess.Popen([*optdse_command(), "dashboard", "shared", "--storage", url, "--port", str(port)],
                                  cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
