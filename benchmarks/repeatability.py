@@ -2,11 +2,11 @@
 
 Runs a real `optdse study mnist-pareto --trials 4 --repeats 5` (local backend, a fresh
 SQLite storage in a temporary directory) twice, side by side: once with the study file's
-load (1000 requests per measurement) and once with time-bound measurements (--duration 5).
+load (its stability rule) and once with the seed's fixed 1000 requests per measurement.
 Each trial deploys one configuration and measures it 5 times in a row; it records the
 coefficient of variation (stdev / mean) of ART and ACU over those 5, which is what every
 study run with --repeats reports. Prints each trial and the median CV per load setting;
-the last line is the median CV of the study file's setting and of the time-bound one.
+the last line is the median CV of the study file's setting and of the fixed count.
 
 Run from the repository root:  .venv/bin/python benchmarks/repeatability.py [--trials 4] [--repeats 5]
 """
@@ -29,7 +29,7 @@ from rich.console import Console  # noqa: E402
 
 from optdse.models import ensure_model  # noqa: E402
 
-SETTINGS = {"1000 requests (study file)": [], "5 s per measurement": ["--duration", "5", "--requests", "1000000"]}
+SETTINGS = {"stability rule (study file)": [], "1000 requests (the seed's count)": ["--requests", "1000"]}
 
 
 def repeated_trials(study: str, trials: int, repeats: int, load: list[str]) -> list[dict[str, object]]:

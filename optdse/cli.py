@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,9 @@ from rich.console import Console
 
 from optdse import signals
 from optdse.config import ARRIVALS, GRACE_HEARTBEATS, HEARTBEAT_S, NETWORK_METHODS, PROTOCOLS
+from optdse.stability import StabilityRule
+
+DEFAULT_RULE = StabilityRule()
 
 if TYPE_CHECKING:
     from optdse.models import Model
@@ -215,11 +219,18 @@ def _measure(args: argparse.Namespace) -> int:
                   "size_axis": "--size-axis"}[error.key]
         return _fail("measure", f"{option}: {error}")
     network = NetworkConfig(args.delay_ms, args.jitter_ms, args.loss_pct, args.network_method)
+    try:
+        stability = replace(DEFAULT_RULE, window_s=args.window, max_s=args.max_duration)
+    except ValueError:
+        least = DEFAULT_RULE.warmup_s + DEFAULT_RULE.windows * args.window
+        return _fail("measure", f"--max-duration: must leave room for the warm-up and {DEFAULT_RULE.windows} windows "
+                                f"of --window (at least {least:g} s)")
     config = Config(ServerConfig(model, args.replicas, args.cpus, args.memory),
                     ClientConfig(args.threads, args.file_size, args.requests, args.warmup_fraction, args.duration,
                                  args.protocol, network=network, deadline_s=args.deadline_ms / 1e3,
                                  retries=args.retries, chaos_kill_after_s=args.kill_replica_after,
-                                 rate_rps=args.rate, arrival=args.arrival, in_flight=args.in_flight))
+                                 rate_rps=args.rate, arrival=args.arrival, in_flight=args.in_flight,
+                                 stability=stability))
     for warning in beyond_host(args.cpus, args.memory):
         _warn(warning)
     try:
@@ -238,8 +249,9 @@ def _measure(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(figures))
         return 0
+    figures["windows"] = ", ".join(f"{w['throughput_rps']:.0f} req/s {w['art_ms']:.3f} ms" for w in result.windows)
     for key, value in figures.items():
-        if key != "timeseries":
+        if key not in ("timeseries", "latency_histogram"):  # too long to read; --json has them
             print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
     return 0
 
@@ -453,10 +465,19 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--replicas", type=_positive_int, default=1)
     measure.add_argument("--cpus", type=_cpus, default=1.0, help="CPU cores per replica")
     measure.add_argument("--memory", type=_positive_int, default=1000, help="memory per replica, MB")
-    measure.add_argument("--requests", type=_positive_int, default=1000)
+    measure.add_argument("--requests", type=_positive_int,
+                         help="a fixed request count instead of the stability rule")
     measure.add_argument("--duration", type=_positive_float, metavar="SECONDS",
-                         help="stop sending after this long even if requests remain")
-    measure.add_argument("--warmup-fraction", type=float, default=0.1)
+                         help="a fixed load duration instead of the stability rule (with --requests: whichever "
+                              "ends first)")
+    measure.add_argument("--warmup-fraction", type=float, default=0.1,
+                         help="with --requests or --duration: the share of requests cut as warm-up (default 0.1)")
+    measure.add_argument("--window", type=_positive_float, default=DEFAULT_RULE.window_s, metavar="SECONDS",
+                         help=f"the stability rule: load runs until {DEFAULT_RULE.windows} windows this long agree "
+                              f"within {DEFAULT_RULE.tolerance * 100:.0f}%% (default {DEFAULT_RULE.window_s:g})")
+    measure.add_argument("--max-duration", type=_positive_float, default=DEFAULT_RULE.max_s, metavar="SECONDS",
+                         help=f"the stability rule: stop after this long, recorded as not stable (default "
+                              f"{DEFAULT_RULE.max_s:g})")
     measure.add_argument("--protocol", choices=PROTOCOLS, default="grpc",
                          help="how Predict is sent: gRPC (default) or TF Serving's REST API (JSON over HTTP/1.1)")
     measure.add_argument("--delay-ms", type=_non_negative, default=0.0,

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from optdse.stability import StabilityRule
+
 if TYPE_CHECKING:
     from optdse.models import Model
 
@@ -59,14 +61,17 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class ClientConfig:
-    """How it is loaded: `threads` closed-loop client threads send `requests` Predict calls in
-    total, each carrying `file_size` units of the model's input (MNIST: images), and stop
-    early once `duration_s` has passed if one is set. `protocol` is a client parameter like
-    the others: every replica serves both, so changing it never redeploys."""
+    """How it is loaded: `threads` closed-loop client threads (or an open-loop `rate_rps`) send
+    Predict calls, each carrying `file_size` units of the model's input (MNIST: images).
+
+    How long: by default until the stability rule is met (`stability`, or the default rule);
+    with `requests` and/or `duration_s`, that many requests in total or that long, whichever
+    ends first. `protocol` is a client parameter like the others: every replica serves both,
+    so changing it never redeploys."""
 
     threads: int
     file_size: int
-    requests: int
+    requests: int | None = None
     warmup_fraction: float = 0.1
     duration_s: float | None = None
     protocol: ProtocolName = "grpc"
@@ -77,6 +82,19 @@ class ClientConfig:
     rate_rps: float | None = None       # open loop: requests offered per second (then `threads` is unused)
     arrival: ArrivalName = "constant"
     in_flight: int = 64                 # open loop: requests that may await answers at once
+    stability: StabilityRule | None = None  # when neither requests nor duration_s is given (None: the default rule)
+
+    def stop_rule(self) -> StabilityRule | None:
+        """The stability rule this load runs under, or None for a fixed count or duration."""
+        if self.requests is not None or self.duration_s is not None:
+            return None
+        return self.stability or StabilityRule()
+
+    def describe_length(self) -> str:
+        """A fixed count or duration, as `describe` says it ("" under the stability rule, which
+        each measurement records as its `stop_rule`)."""
+        return " or ".join(part for part in (f"{self.requests} requests" if self.requests else "",
+                                             f"{self.duration_s:g} s" if self.duration_s else "") if part)
 
 
 @dataclass(frozen=True)
@@ -88,8 +106,8 @@ class Config:
         s, c = self.server, self.client
         return (f"{s.replicas} x {s.model.name} ({s.cpus:g} CPU, {s.memory_mb} MB), "
                 + (f"{c.threads} threads" if c.rate_rps is None else f"{c.rate_rps:g} req/s {c.arrival}")
-                + f", file size {c.file_size}, {c.requests} requests"
-                + (f" or {c.duration_s:g} s" if c.duration_s else "")
+                + f", file size {c.file_size}"
+                + (f", {c.describe_length()}" if c.describe_length() else "")
                 + (f", over {c.protocol.upper()}" if c.protocol != "grpc" else "")
                 + (f", {c.network.describe()}" if c.network.impaired else "")
                 + (f", one replica killed after {c.chaos_kill_after_s:g} s" if c.chaos_kill_after_s else ""))

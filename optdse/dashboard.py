@@ -44,7 +44,9 @@ def trial_note(config: Config, result: Measurement) -> str:
         + (f" ({config.client.network.describe()})" if config.client.network.impaired else "") + " |",
         f"| window | {result.window_s:.2f} s, {result.requests_in_window} requests "
         f"({result.warmup_requests} warm-up, {result.cooldown_requests} cool-down cut) |",
-        f"| stability | spread {result.stability_spread:.1%} ({'stable' if result.stable else 'not stable'}) |",
+        f"| stability | spread {result.stability_spread:.1%} ({'stable' if result.stable else 'not stable'})"
+        + (f"; ran {result.stop_rule}: " + ", ".join(f"{w['throughput_rps']:.0f} req/s {w['art_ms']:.2f} ms"
+                                                     for w in result.windows) if result.stop_rule else "") + " |",
         f"| client CPU | {result.client_cpu_cores:.2f} cores ({result.client_processes} load processes) |",
         f"| energy | {energy} |",
         f"| accounting | {result.accounting}, limits {'enforced' if result.limits_enforced else 'NOT enforced'} |",

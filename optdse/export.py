@@ -10,7 +10,9 @@ import pandas as pd
 from optdse.spec import ALL_PARAMETERS, NETWORK_PARAMETERS, PARAMETERS
 
 #: Measured figures exported beside the parameters, in this order.
-FIGURES = ("art_ms", "acu_cores", "p95_ms", "throughput_rps", "energy_j")
+FIGURES = ("art_ms", "acu_cores", "p95_ms", "p99_ms", "p999_ms", "throughput_rps", "energy_j")
+#: How it was measured: which loop drove the load, and whether its windows agreed (optdse/stability.py).
+MEASURING = ("loop", "stable")
 #: What each request was: which model, what its file size counts, its rows and bytes.
 REQUEST = ("model", "file_size_unit", "rows_per_request", "request_bytes")
 
@@ -40,14 +42,14 @@ def pareto_frame(study: optuna.Study) -> pd.DataFrame:
             row[name] = trial.user_attrs.get(name)
         row["energy_is_estimate"] = trial.user_attrs.get("energy_is_estimate")
         row["host"] = trial.user_attrs.get("host")  # which worker's host measured it
-        for name in REQUEST:
+        for name in (*REQUEST, *MEASURING):
             row[name] = trial.user_attrs.get(name)
         if any(name in row for name in NETWORK_PARAMETERS):  # a network study: how, and what it cost
             row["error_rate"] = trial.user_attrs.get("error_rate")
             row["network_method"] = trial.user_attrs.get("network_method")
         rows.append(row)
     network = ["error_rate", "network_method"] if any("network_method" in row for row in rows) else []
-    columns = ["trial", *parameter_columns(rows), *FIGURES, "energy_is_estimate", "host", *REQUEST, *network]
+    columns = ["trial", *parameter_columns(rows), *FIGURES, "energy_is_estimate", "host", *REQUEST, *MEASURING, *network]
     return pd.DataFrame(rows, columns=columns).sort_values("art_ms", ignore_index=True)
 
 
@@ -58,4 +60,4 @@ def write_pareto_csv(study: optuna.Study, path: Path) -> pd.DataFrame:
     return frame
 
 
-__all__ = ["FIGURES", "REQUEST", "parameter_columns", "pareto_frame", "trial_parameters", "write_pareto_csv"]
+__all__ = ["FIGURES", "MEASURING", "REQUEST", "parameter_columns", "pareto_frame", "trial_parameters", "write_pareto_csv"]

@@ -1,17 +1,23 @@
 """From raw records to the figures a trial reports: the window cut, ART, ACU, energy.
 
 Definitions (README "Definitions" says the same):
-- Window: requests are ordered by send time. Warm-up is the first `warmup_fraction` of them;
-  cool-down starts when the first client thread has sent its last request (from then on
-  fewer than N threads are loading the server). The window is [first request after warm-up,
-  start of cool-down); only requests sent inside it count. Open loop: "sent" is when a
-  request was due, and the window runs to the last one (the offered load never tapers).
-- ART: mean client-side latency of the successful requests in the window; p50..p99 likewise.
+- Window, by default (the stability rule, optdse/stability.py): the run is measured in
+  windows by send time and stops once the last three agree within 10% on throughput and mean
+  latency; the window is those three. A run that never agrees stops at its maximum duration
+  and is recorded as not stable, with its last three windows.
+- Window, with a fixed request count: requests are ordered by send time. Warm-up is the
+  first `warmup_fraction` of them; cool-down starts when the first client thread has sent
+  its last request (from then on fewer than N threads are loading the server). The window is
+  [first request after warm-up, start of cool-down); only requests sent inside it count.
+  Open loop: "sent" is when a request was due, and the window runs to the last one (the
+  offered load never tapers).
+- ART: mean client-side latency of the successful requests in the window; p50..p99.9 from an
+  HdrHistogram of the same latencies (optdse/histograms.py; merged, never averaged, across repeats).
 - ACU: replicas' CPU seconds inside the window / window length, in cores.
 - Energy: RAPL package joules in the window where readable (whole machine, client included),
   else replica CPU seconds x watts per core, flagged as an estimate.
-- Stability (perf_analyzer's rule): the window split in three equal parts; the largest
-  relative spread of their throughput and mean latency is reported, stable if <= 10%.
+- Stability: the largest relative spread of the three windows' throughput and mean latency
+  (with a fixed count: of the window split in three equal parts), stable if <= 10%.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
+from optdse.histograms import LatencyHistogram
 from optdse.load import LoadResult
 from optdse.monitor import Samples, watts_per_core
+from optdse.stability import spread
 
 STABLE_SPREAD = 0.10
 #: Open loop: a send more than LATE_S after it was due is late; a run with more than
@@ -45,9 +53,14 @@ class Window:
 
 
 def cut_window(load: LoadResult, warmup_fraction: float) -> Window:
-    """The measurement window (module docstring). Open loop: the offered load is the same until
+    """The measurement window (module docstring): the stability rule's windows where it judged
+    the run, else the warm-up and cool-down cut. Open loop: the offered load is the same until
     the schedule's last request was due, so there is no cool-down to cut; the window ends there."""
     n = len(load.send)
+    if load.judge is not None and load.judge.kept():
+        kept = load.judge.kept()
+        start, end = kept[0].start, kept[-1].end
+        return Window(start=start, end=end, mask=(load.send >= start) & (load.send < end))
     first = min(int(np.ceil(warmup_fraction * n)), n - 1)
     start = float(load.send[first])
     if load.offered_rps:
@@ -60,11 +73,6 @@ def cut_window(load: LoadResult, warmup_fraction: float) -> Window:
         start, cool_down = float(load.send[0]), float(load.finished)
         mask = np.ones(n, dtype=bool)
     return Window(start=start, end=cool_down, mask=mask)
-
-
-def _spread(values: list[float]) -> float:
-    low = min(values)
-    return (max(values) - low) / low if low > 0 else float("inf")
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,9 @@ class Measurement:
     replicas_killed: list[str] = field(default_factory=list)  # by the chaos option, during the load
     acu_by_node: dict[str, float] = field(default_factory=dict)  # ACU of the replicas on each host (swarm nodes)
     p999_ms: float = 0.0
+    latency_histogram: str = ""   # the window's answered latencies, HdrHistogram-encoded (optdse/histograms.py)
+    stop_rule: str = ""           # how long the load ran: a fixed count, or until the windows agreed
+    windows: list[dict[str, float]] = field(default_factory=list)  # the stability rule's windows, in order
     loop: str = "closed loop"     # which loop drove the load (closed: threads; open: an offered rate)
     offered_rps: float = 0.0      # open loop: the rate offered (0: closed loop)
     late_sends: int = 0           # open loop: sends more than LATE_S after they were due
@@ -136,21 +147,17 @@ def summarize(load: LoadResult, samples: Samples, window: Window, memory_peaks: 
               accounting: str, limits_enforced: bool) -> Measurement:
     inside = window.mask
     good = inside & load.ok
-    latency_ms = load.latency[good] * 1e3
-    if latency_ms.size == 0:
-        latency_ms = np.array([np.nan])
-    p50, p90, p95, p99, p999 = np.percentile(latency_ms, [50, 90, 95, 99, 99.9])
+    histogram = LatencyHistogram.of(load.latency[good])
+    percentiles = histogram.percentiles_ms()
     cpu = samples.cpu_between(window.start, window.end)
     rapl = samples.joules_between(window.start, window.end)
     energy, method = ((rapl, "rapl: package energy, whole machine") if rapl is not None else
                       (cpu * watts_per_core(), f"estimate: replica CPU-seconds x {watts_per_core():g} W per core"))
-    thirds = np.linspace(window.start, window.end, 4)
-    parts_rps, parts_art = [], []
-    for a, b in zip(thirds[:-1], thirds[1:]):
-        part = good & (load.send >= a) & (load.send < b)
-        parts_rps.append(part.sum() / (b - a) if b > a else 0.0)
-        parts_art.append(float(load.latency[part].mean()) if part.any() else 0.0)
-    spread = max(_spread(parts_rps), _spread(parts_art))
+    if load.judge is not None:
+        stability_spread, stable = load.judge.kept_spread(), load.judge.stable
+    else:
+        stability_spread = _thirds_spread(load, good, window)
+        stable = stability_spread <= STABLE_SPREAD
     errors = int((~load.ok).sum())
     warnings = list(load.warnings)
     late = int((load.late > LATE_S).sum())
@@ -159,17 +166,22 @@ def summarize(load: LoadResult, samples: Samples, window: Window, memory_peaks: 
         warnings.append(f"the load generator fell behind: {late} of {len(load.send)} sends ({late_fraction:.1%}) went "
                         f"out more than {LATE_S * 1e3:g} ms after they were due (worst {load.late.max() * 1e3:.1f} ms); "
                         "the offered rate was not what the replicas saw, so the measurement is not valid")
+    if load.judge is not None and not stable:
+        warnings.append(f"not stable: the load ran its {load.judge.rule.max_s:g} s and its last "
+                        f"{load.judge.rule.windows} windows still differ by {stability_spread:.0%} in throughput or "
+                        "mean latency; the figures are those windows'")
     if window.seconds < SHORT_WINDOW_S:
         warnings.append(f"the measurement window is only {window.seconds:.2f} s: ACU over so few 100 ms CPU-quota "
-                        "periods is coarse; use more --requests")
+                        "periods is coarse; use a longer stability window_s (or more --requests)")
+    answered_s = load.latency[good]
     return Measurement(
-        art_ms=float(latency_ms.mean()), p50_ms=float(p50), p90_ms=float(p90), p95_ms=float(p95),
-        p99_ms=float(p99), throughput_rps=float(good.sum() / window.seconds) if window.seconds > 0 else 0.0,
+        art_ms=float(answered_s.mean() * 1e3) if answered_s.size else float("nan"), **percentiles,
+        latency_histogram=histogram.encode(), throughput_rps=float(good.sum() / window.seconds) if window.seconds > 0 else 0.0,
         requests_sent=len(load.send), requests_in_window=int(inside.sum()), errors=errors,
         error_rate=errors / max(1, len(load.send)), error_codes=dict(load.error_codes),
         window_s=window.seconds, warmup_requests=int((load.send < window.start).sum()),
-        cooldown_requests=int((load.send >= window.end).sum()), stability_spread=float(spread),
-        stable=bool(spread <= STABLE_SPREAD), acu_cores=cpu / window.seconds if window.seconds > 0 else 0.0,
+        cooldown_requests=int((load.send >= window.end).sum()), stability_spread=float(stability_spread),
+        stable=bool(stable), acu_cores=cpu / window.seconds if window.seconds > 0 else 0.0,
         replica_cpu_seconds=cpu, mem_peak_mb=max(memory_peaks, default=0) / 2**20,
         mem_peak_mb_per_replica=[round(m / 2**20, 1) for m in memory_peaks], energy_j=energy,
         energy_method=method, energy_is_estimate=rapl is None, client_cpu_cores=load.client_cpu_cores,
@@ -179,10 +191,24 @@ def summarize(load: LoadResult, samples: Samples, window: Window, memory_peaks: 
         timeseries=timeseries(load, samples, window), retried_requests=load.retried,
         acu_by_node={node: round(seconds / window.seconds, 4) if window.seconds > 0 else 0.0
                      for node, seconds in samples.cpu_between_by_node(window.start, window.end).items()},
-        p999_ms=float(p999), loop=load.loop or "closed loop", offered_rps=float(load.offered_rps or 0.0),
+        stop_rule=load.judge.rule.describe() if load.judge is not None else "",
+        windows=[w.as_dict(load.started) for w in load.judge.closed] if load.judge is not None else [],
+        loop=load.loop or "closed loop", offered_rps=float(load.offered_rps or 0.0),
         late_sends=late, late_fraction=late_fraction,
         late_max_ms=float(load.late.max() * 1e3) if load.late.size else 0.0,
         generator_kept_up=late_fraction <= MAX_LATE_FRACTION)
+
+
+def _thirds_spread(load: LoadResult, good: np.ndarray, window: Window) -> float:
+    """A fixed-count run's stability: the window in three equal parts, the largest relative
+    spread of their throughput and mean latency."""
+    thirds = np.linspace(window.start, window.end, 4)
+    parts_rps, parts_art = [], []
+    for a, b in zip(thirds[:-1], thirds[1:]):
+        part = good & (load.send >= a) & (load.send < b)
+        parts_rps.append(part.sum() / (b - a) if b > a else 0.0)
+        parts_art.append(float(load.latency[part].mean()) if part.any() else 0.0)
+    return max(spread(parts_rps), spread(parts_art))
 
 
 def coefficient_of_variation(values: list[float]) -> float:
@@ -199,7 +225,7 @@ def combine_repeats(results: list[Measurement]) -> Measurement:
     """One configuration measured several times in a row, as one trial's figures.
 
     Every float figure is the mean over the repeats and every count the sum, so objectives
-    are averages; lists, flags and the time series come from the first repeat. The spread of
+    are averages; percentiles come from the repeats' histograms merged; lists, flags and the time series come from the first repeat. The spread of
     ART and ACU is kept as coefficients of variation: a difference between two trials smaller
     than a few CVs is noise, not a better configuration."""
     first = results[0]
@@ -210,6 +236,10 @@ def combine_repeats(results: list[Measurement]) -> Measurement:
             continue
         combined[item.name] = sum(values) if isinstance(values[0], int) else float(np.mean(values))
     combined["mem_peak_mb"] = max(r.mem_peak_mb for r in results)
+    histograms = [LatencyHistogram.decode(r.latency_histogram) for r in results if r.latency_histogram]
+    if histograms:  # percentiles of all the repeats' requests together, not averages of percentiles
+        merged = LatencyHistogram.merged(histograms)
+        combined.update(merged.percentiles_ms(), latency_histogram=merged.encode())
     art, acu = [r.art_ms for r in results], [r.acu_cores for r in results]
     combined["error_rate"] = combined["errors"] / max(1, combined["requests_sent"])  # type: ignore[operator]
     combined.update(repeats=len(results), art_cv=coefficient_of_variation(art), acu_cv=coefficient_of_variation(acu),

@@ -52,9 +52,10 @@ def measure(backend: Backend, config: Config, client_processes: int = 0,
     payload = build_payload(config.server.model, client.file_size, client.protocol)
     with open_link(client.network, tuple(e.target_for(client.protocol) for e in endpoints), backend.run,
                    warn) as link:
+        rule = client.stop_rule()
         plan = LoadPlan(targets=link.targets, bodies=payload.bodies, batches=payload.batches, threads=client.threads,
                         requests=client.requests, deadline_s=client.deadline_s, processes=client_processes,
-                        duration_s=client.duration_s, protocol=client.protocol, path=payload.path,
+                        duration_s=rule.max_s if rule else client.duration_s, protocol=client.protocol, path=payload.path,
                         retries=client.retries, netns=link.client_netns, rate_rps=client.rate_rps,
                         arrival=client.arrival, in_flight=client.in_flight)
         chaos = (threading.Timer(client.chaos_kill_after_s, _kill_one, (backend,))
@@ -62,7 +63,7 @@ def measure(backend: Backend, config: Config, client_processes: int = 0,
         monitor = Monitor(backend)
         monitor.start()
         try:
-            load = run_load(plan, on_start=chaos.start if chaos else None)
+            load = run_load(plan, on_start=chaos.start if chaos else None, rule=rule)
         except LoadError as error:
             raise MeasureError("load", str(error)) from None
         finally:

@@ -55,7 +55,7 @@ def to_config(values: dict[str, float], study: Study) -> Config:
                           deadline_s=spec.deadline_ms / 1e3, retries=spec.retries,
                           chaos_kill_after_s=spec.chaos.kill_replica_after_s if spec.chaos else None,
                           rate_rps=float(rate) if rate is not None else None, arrival=spec.arrival,
-                          in_flight=spec.in_flight)
+                          in_flight=spec.in_flight, stability=spec.stability.rule())
     return Config(server=server, client=client)
 
 

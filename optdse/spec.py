@@ -15,6 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from optdse.models import BUILTINS, DEFAULT_SIGNATURE, Model, ModelError, builtin, user_model
+from optdse.stability import StabilityRule
+
+DEFAULT_RULE = StabilityRule()
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,6 +153,31 @@ class Chaos(_Strict):
     kill_replica_after_s: Annotated[float, Field(gt=0)]
 
 
+class Stability(_Strict):
+    """The stability rule (optdse/stability.py): windows by time until the last few agree."""
+
+    window_s: Annotated[float, Field(gt=0, le=600)] = Field(DEFAULT_RULE.window_s, description="window length")
+    windows: Annotated[int, Field(ge=2, le=10)] = Field(DEFAULT_RULE.windows, description="windows that must agree")
+    tolerance: Annotated[float, Field(gt=0, lt=1)] = Field(
+        DEFAULT_RULE.tolerance, description="largest relative spread of their throughput and mean latency")
+    warmup_s: Annotated[float, Field(ge=0, le=600)] = Field(DEFAULT_RULE.warmup_s, description="before the first window")
+    min_s: Annotated[float, Field(ge=0, le=3600)] = Field(DEFAULT_RULE.min_s, description="shortest load")
+    max_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        DEFAULT_RULE.max_s, description="longest load; a run stopped here is recorded as not stable")
+    min_requests: Annotated[int, Field(ge=1)] = Field(
+        DEFAULT_RULE.min_requests, description="answers a window needs to be judged (else the windows double)")
+
+    @model_validator(mode="after")
+    def _room_for_windows(self) -> Stability:
+        if self.max_s < self.warmup_s + self.windows * self.window_s:
+            raise ValueError(f"max_s must leave room for warmup_s and {self.windows} windows of window_s "
+                             f"(at least {self.warmup_s + self.windows * self.window_s:g} s)")
+        return self
+
+    def rule(self) -> StabilityRule:
+        return StabilityRule(**self.model_dump())
+
+
 class ModelBlock(_Strict):
     """A user's SavedModel (optdse/models.py). Relative paths resolve from the study file's folder."""
 
@@ -177,9 +205,13 @@ class StudySpec(_Strict):
     search_space: str = Field(description="file name under search_spaces/")
     objectives: Annotated[list[Objective], Field(min_length=1)]
     trials: Annotated[int, Field(ge=1)] = 50
-    requests: Annotated[int, Field(ge=10)] = 1000
+    requests: Annotated[int, Field(ge=10)] | None = Field(
+        None, description="a fixed request count per trial instead of the stability rule")
     duration_s: Annotated[float, Field(gt=0)] | None = Field(
-        None, description="stop a trial's load after this many seconds even if requests remain (slow models)")
+        None, description="a fixed load duration per trial instead of the stability rule (with requests: "
+                          "whichever ends first)")
+    stability: Stability = Field(default_factory=lambda: Stability(),
+                                 description="how long a trial's load runs when neither requests nor duration_s is given")
     warmup_fraction: Annotated[float, Field(ge=0, lt=0.9)] = 0.1
     repeats: Annotated[int, Field(ge=1, le=100)] = Field(
         1, description="measure each configuration this many times in a row; objectives are the mean, "

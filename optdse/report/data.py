@@ -16,6 +16,7 @@ from optuna._hypervolume import compute_hypervolume  # what Optuna's own hypervo
 from optuna.trial import FrozenTrial, TrialState
 
 from optdse.export import parameter_columns, trial_parameters
+from optdse.histograms import LatencyHistogram
 
 #: At most this many Pareto-optimal trials get a latency time series panel.
 MAX_TIMESERIES = 6
@@ -27,6 +28,7 @@ class TimeSeries:
     label: str
     rows: pd.DataFrame          # t, requests, art_ms, acu_cores, in_window, ...
     window: tuple[float, float]  # seconds since the load started
+    distribution: list[tuple[float, float]] = field(default_factory=list)  # (percentile, ms) from its histogram
 
 
 @dataclass(frozen=True)
@@ -173,9 +175,11 @@ def pareto_timeseries(study: optuna.Study, pareto: pd.DataFrame) -> list[TimeSer
         rows = trial.user_attrs.get("timeseries")
         if not rows or "window_start_s" not in trial.user_attrs:
             continue  # measured before optdse recorded the window
+        encoded = trial.user_attrs.get("latency_histogram")  # trials measured before histograms have none
         series.append(TimeSeries(int(number), str(trial.user_attrs.get("config", f"trial {number}")),
                                  pd.DataFrame(rows),
-                                 (float(trial.user_attrs["window_start_s"]), float(trial.user_attrs["window_end_s"]))))
+                                 (float(trial.user_attrs["window_start_s"]), float(trial.user_attrs["window_end_s"])),
+                                 LatencyHistogram.decode(encoded).distribution() if encoded else []))
     return series
 
 

@@ -124,6 +124,24 @@ def timeseries_figure(data: ReportData) -> go.Figure:
     return figure
 
 
+def distribution_figure(data: ReportData) -> go.Figure:
+    """Each Pareto-optimal trial's latency by percentile, from the HdrHistogram it stored: the
+    x axis stretches the tail (1 / (1 - percentile), logarithmic), as HdrHistogram's plots do."""
+    figure = go.Figure()
+    for series in data.timeseries:
+        if series.distribution:
+            percentiles, latencies = zip(*series.distribution)
+            figure.add_scatter(x=[1 / (1 - p / 100) for p in percentiles], y=latencies, mode="lines",
+                               name=f"trial {series.trial}", line={"shape": "hv"},
+                               customdata=percentiles, hovertemplate="p%{customdata}: %{y:.3f} ms")
+    ticks = [50, 90, 99, 99.9, 99.99]
+    figure.update_xaxes(type="log", title_text="percentile", tickvals=[1 / (1 - p / 100) for p in ticks],
+                        ticktext=[f"p{p:g}" for p in ticks])
+    figure.update_layout(title="Latency by percentile in the measurement window (Pareto-optimal trials)",
+                         yaxis_title="latency (ms)")
+    return figure
+
+
 def figures(data: ReportData) -> list[tuple[str, go.Figure]]:
     """(anchor, figure) for every plot the data supports."""
     drawn: list[tuple[str, go.Figure]] = []
@@ -140,6 +158,8 @@ def figures(data: ReportData) -> list[tuple[str, go.Figure]]:
         drawn.append(("correlations", correlation_figure(data.correlations)))
     if data.timeseries:
         drawn.append(("timeseries", timeseries_figure(data)))
+    if any(series.distribution for series in data.timeseries):
+        drawn.append(("latency", distribution_figure(data)))
     return drawn
 
 

@@ -38,8 +38,8 @@ def write_study(project: Path, name: str, space: str = SPACE, **overrides: objec
             "sampler": "{name: tpe, n_startup_trials: 2, seed: 1, start: none}",
             "objectives": "[{metric: art_ms, direction: minimize}, {metric: acu_cores, direction: minimize}]",
             "enqueue": "[{replicas: 1, cpus: 1.0, file_size: 1}]", **overrides}
-    path = project / "studies" / f"{name}.yaml"
-    path.write_text("".join(f"{key}: {value}\n" for key, value in body.items()))
+    path = project / "studies" / f"{name}.yaml"  # an override of None leaves the key out (its default)
+    path.write_text("".join(f"{key}: {value}\n" for key, value in body.items() if value is not None))
     return path
 
 

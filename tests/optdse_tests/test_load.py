@@ -9,6 +9,7 @@ from optdse.deploy.local import free_port
 from optdse.load import LoadPlan, run_load, stop_helpers
 from optdse.measurement import cut_window
 from optdse.payloads import build_payload
+from optdse.stability import StabilityRule
 from tests.serving_process import ServerProcess
 
 
@@ -82,3 +83,22 @@ def test_the_load_generator_s_helper_processes_stop_before_the_command_returns(s
     stop_helpers()
     assert helpers() == []
     assert run_load(plan((f"127.0.0.1:{server.port}",), threads=2, requests=20)).ok.all()
+
+
+def test_under_a_stability_rule_each_window_was_judged_on_every_request_sent_in_it(server: ServerProcess) -> None:
+    """The workers' watermark: when a window was judged (live, while the load ran), every
+    request sent in it had been reported. The windows' live counts equal the final records'."""
+    rule = StabilityRule(window_s=0.5, windows=3, tolerance=0.5, warmup_s=0.2, max_s=10)
+    for open_loop in (False, True):
+        changes = {"rate_rps": 200.0} if open_loop else {}
+        unbounded = LoadPlan(**{**plan((f"127.0.0.1:{server.port}",), threads=3, requests=1).__dict__,
+                                "requests": None, "duration_s": rule.max_s, **changes})
+        result = run_load(unbounded, timeout_s=60, rule=rule)
+        judge = result.judge
+        assert judge is not None and judge.stable and result.stopped_at == judge.kept()[-1].end
+        for window in judge.closed:
+            inside = (result.send >= window.start) & (result.send < window.end)
+            assert window.answered == int((inside & result.ok).sum()) > 0, (open_loop, window)
+        assert result.finished - result.stopped_at < 1.0  # it stopped at the rule, not at max_s
+        window = cut_window(result, warmup_fraction=0.1)  # the fixed-count fraction plays no part
+        assert (window.start, window.end) == (judge.kept()[0].start, judge.kept()[-1].end)

@@ -14,7 +14,6 @@ import os
 import signal
 import threading
 import time
-
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +21,15 @@ import optuna
 import pandas as pd
 import pytest
 
-from optdse.arrivals import schedule
 from optdse.config import ClientConfig, Config, ServerConfig
 from optdse.deploy.local import LocalBackend
+from optdse.histograms import LatencyHistogram
 from optdse.load import LoadPlan, LoadResult, run_load
+from optdse.load.arrivals import schedule
 from optdse.models import builtin
+from optdse.objective import measure
 from optdse.payloads import build_payload
+from optdse.stability import StabilityRule
 from tests.optdse_tests.conftest import SPACE, optdse, write_study
 from tests.serving_process import ServerProcess
 
@@ -142,3 +144,56 @@ def test_an_open_loop_study_searches_the_offered_rate(project: Path) -> None:
     assert optdse(project, "export", "offered", "--pareto", "front.csv").returncode == 0
     columns = pd.read_csv(project / "front.csv").columns
     assert "rate_rps" in columns and "threads" not in columns
+
+
+# --- the stability rule, on real runs ---------------------------------------------------------
+
+@pytest.mark.usefixtures("cgroup_driver")
+def test_measure_by_default_runs_until_its_last_three_windows_agree(project: Path) -> None:
+    done = optdse(project, "measure", "--threads", "2", "--json")
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert figures["stop_rule"] == "until 3 windows of 2 s agree within 10% (at most 30 s)"
+    windows = figures["windows"]
+    assert len(windows) >= 3 and windows[0]["start_s"] == pytest.approx(0.5, abs=1e-3)  # after the warm-up
+    assert all(a["end_s"] == pytest.approx(b["start_s"]) for a, b in zip(windows, windows[1:]))
+    kept = windows[-3:]  # the figures are the last three windows'
+    assert (figures["window_start_s"], figures["window_end_s"]) == (pytest.approx(kept[0]["start_s"], abs=1e-3),
+                                                                     pytest.approx(kept[-1]["end_s"], abs=1e-3))
+    assert figures["requests_in_window"] == sum(w["answered"] + w["errors"] for w in kept)
+    if figures["stable"]:  # it stopped at the first three that agreed
+        spreads = [max(w[k] for w in kept) / min(w[k] for w in kept) - 1 for k in ("throughput_rps", "art_ms")]
+        assert max(spreads) <= 0.1 and figures["stability_spread"] == pytest.approx(max(spreads), abs=0.01)
+        assert figures["load_s"] < windows[-1]["end_s"] + 1.0
+    else:  # this machine was too noisy for 30 s: it says so
+        assert windows[-1]["end_s"] <= 30 and any("not stable" in w for w in figures["warnings"])
+    assert LatencyHistogram.decode(figures["latency_histogram"]).count == sum(w["answered"] for w in kept)
+
+
+def test_a_measurement_that_never_agrees_is_recorded_as_not_stable(local: LocalBackend) -> None:
+    never = StabilityRule(window_s=1.0, windows=3, tolerance=1e-9, warmup_s=0.25, max_s=3.5)
+    config = Config(ServerConfig(builtin("mnist"), 1, 1.0, 1000),
+                    ClientConfig(threads=2, file_size=1, stability=never))
+    result = measure(local, config)
+    assert not result.stable and result.stop_rule.startswith("until 3 windows of 1 s agree")
+    assert [round(w["end_s"] - w["start_s"], 3) for w in result.windows] == [1.0, 1.0, 1.0]  # all inside 3.5 s
+    assert any(w.startswith("not stable: the load ran its 3.5 s") for w in result.warnings)
+    assert 3.5 <= result.load_s < 5.0 and result.window_s == pytest.approx(3.0)
+
+
+@pytest.mark.usefixtures("cgroup_driver")
+def test_a_study_without_a_request_count_measures_each_trial_by_the_stability_rule(project: Path) -> None:
+    write_study(project, "steady", trials=2, requests=None,
+                stability="{window_s: 0.5, windows: 3, tolerance: 0.2, warmup_s: 0.25, max_s: 6}")
+    done = optdse(project, "study", "steady")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "window is only" not in done.stdout + done.stderr
+    study = optuna.load_study(study_name="steady", storage=f"sqlite:///{project}/results/optdse.db")
+    for trial in study.trials:
+        attrs = trial.user_attrs
+        assert trial.state == optuna.trial.TrialState.COMPLETE, attrs.get("fail_message")
+        assert attrs["stop_rule"] == "until 3 windows of 0.5 s agree within 20% (at most 6 s)"
+        assert len(attrs["windows"]) >= 3 and attrs["window_s"] >= 1.5 - 1e-6
+        histogram = LatencyHistogram.decode(attrs["latency_histogram"])
+        assert histogram.count == sum(w["answered"] for w in attrs["windows"][-3:])
+        assert histogram.percentile_ms(99) == attrs["p99_ms"]

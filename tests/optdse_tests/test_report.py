@@ -73,8 +73,12 @@ def test_the_computed_data_agrees_with_optuna(studied: Path) -> None:
         start, end = series.window
         assert 0 <= start < end <= series.rows["t"].max() + series.rows["t"].diff().max()
         assert series.rows["in_window"].any() and not series.rows["in_window"].all()  # the cut removed something
+        # The distribution the trial stored: percentiles rise, and p50 is the trial's own p50.
+        percentiles, latencies = zip(*series.distribution)
+        assert percentiles[0] == 50 and np.all(np.diff(latencies) >= 0)
+        assert latencies[0] == pytest.approx(study.trials[series.trial].user_attrs["p50_ms"])
     assert [anchor for anchor, _ in figures(data)] == ["front", "hypervolume", "parameters", "parallel",
-                                                       "importances", "correlations", "timeseries"]
+                                                       "importances", "correlations", "timeseries", "latency"]
 
 
 def test_a_study_with_zero_or_one_completed_trial_gives_a_page_that_says_so(
@@ -130,5 +134,5 @@ def test_every_plot_draws_in_chromium_without_a_javascript_error(studied: Path, 
     assert errors == []
     assert [p["id"] for p in plots] == [f"plot-{anchor}" for anchor in
                                         ("front", "hypervolume", "parameters", "parallel", "importances",
-                                         "correlations", "timeseries")]
+                                         "correlations", "timeseries", "latency")]
     assert all(p["laidOut"] and p["traces"] > 0 and p["svgs"] > 0 for p in plots), plots

@@ -22,7 +22,10 @@ def test_shipped_study_loads_with_the_issue_space() -> None:
     assert (params["replicas"].low, params["replicas"].high) == (1, 8)
     assert (params["cpus"].low, params["cpus"].high) == (0.1, 2.0)
     assert (params["memory_mb"].low, params["memory_mb"].high) == (128, 2048)
-    assert study.spec.requests == 1000
+    assert study.spec.requests is None and study.spec.duration_s is None  # measured until its windows agree
+    rule = to_config(fixed_values(study) | {"threads": 1, "file_size": 1, "replicas": 1, "cpus": 1.0,
+                                            "memory_mb": 1000}, study).client.stop_rule()
+    assert rule is not None and (rule.window_s, rule.windows, rule.tolerance, rule.max_s) == (2.0, 3, 0.1, 30)
     assert [o.metric for o in study.spec.objectives] == ["art_ms", "acu_cores"]
     assert study.spec.enqueue == [{"replicas": 1, "cpus": 1.0, "memory_mb": 1000, "file_size": 1}]
 
@@ -32,7 +35,7 @@ def test_every_model_has_an_exporter_a_payload_and_a_study_with_a_bounded_durati
     for model in BUILTINS:
         study = load_study(f"{model}-pareto")
         assert study.spec.model == model == study.model.name and study.model.builtin and study.name == f"{model}-pareto"
-        assert model == "mnist" or study.spec.duration_s is not None  # slow models end by time
+        assert study.spec.stability.max_s <= 60  # every trial ends by time, slow configurations too
 
 
 def test_the_network_study_samples_the_link_with_the_other_parameters() -> None:
@@ -50,7 +53,7 @@ def test_the_command_line_overrides_requests_and_duration() -> None:
     assert study.with_load() is study
     quick = study.with_load(requests=20, duration_s=2.5)
     assert (quick.spec.requests, quick.spec.duration_s) == (20, 2.5)
-    assert (study.spec.requests, study.spec.duration_s) == (300, 15)  # the loaded study is unchanged
+    assert (study.spec.requests, study.spec.duration_s) == (None, None)  # the loaded study is unchanged
 
 
 BAD_STUDIES = [
@@ -74,6 +77,9 @@ BAD_STUDIES = [
     ({"retries": 11}, "retries", "less than or equal to 10"),
     ({"chaos": "{kill_after: 1}"}, "chaos.kill_after", "unknown key; allowed: kill_replica_after_s"),
     ({"network_method": "tc"}, "network_method", "'auto', 'netem' or 'proxy'"),
+    ({"stability": "{window_s: 5, max_s: 10}"}, "stability", "max_s must leave room for warmup_s and 3 windows"),
+    ({"stability": "{windows: 1}"}, "stability.windows", "greater than or equal to 2"),
+    ({"stability": "{tolerance: 10%}"}, "stability.tolerance", "valid number"),
     ({"enqueue": "[{delay_ms: 5}]"}, "enqueue.0.delay_ms", "the search space has no network block"),
 ]
 

@@ -19,6 +19,7 @@ import psutil
 import pytest
 from optuna.trial import TrialState
 
+from optdse.histograms import LatencyHistogram
 from optdse.deploy.cgroups import CgroupDriver
 from optdse.deploy.local import free_port
 from tests.optdse_tests.conftest import SPACE, optdse, require_docker, write_study
@@ -67,8 +68,9 @@ def test_a_study_runs_records_everything_resumes_and_exports(project: Path) -> N
     front = pd.read_csv(project / "front.csv")
     assert sorted(front["trial"]) == sorted(t.number for t in study.best_trials)
     assert list(front.columns) == ["trial", "threads", "file_size", "replicas", "cpus", "memory_mb", "art_ms",
-                                   "acu_cores", "p95_ms", "throughput_rps", "energy_j", "energy_is_estimate", "host",
-                                   "model", "file_size_unit", "rows_per_request", "request_bytes"]
+                                   "acu_cores", "p95_ms", "p99_ms", "p999_ms", "throughput_rps", "energy_j",
+                                   "energy_is_estimate", "host", "model", "file_size_unit", "rows_per_request",
+                                   "request_bytes", "loop", "stable"]
     assert (front["model"] == "mnist").all() and (front["file_size_unit"] == "images per request").all()
     assert (front["host"] == socket.gethostname()).all()
     assert (front["memory_mb"] == 1000).all() and front["art_ms"].is_monotonic_increasing
@@ -236,6 +238,10 @@ def test_repeats_measure_each_configuration_several_times_and_report_the_noise(p
         assert trial.values[1] == pytest.approx(statistics.mean(attrs["acu_cores_repeats"]))
         assert attrs["art_cv"] == pytest.approx(statistics.stdev(attrs["art_ms_repeats"]) / trial.values[0])
         assert attrs["requests_sent"] == 3 * 150  # counts add up over the repeats
+        # Percentiles come from the three windows' histograms merged, not from averaged percentiles.
+        merged = LatencyHistogram.decode(attrs["latency_histogram"])
+        assert merged.count == attrs["requests_in_window"] - attrs["errors"]
+        assert attrs["p99_ms"] == merged.percentile_ms(99) and attrs["p50_ms"] == merged.percentile_ms(50)
 
 
 def test_a_new_study_starts_one_factor_at_a_time_from_the_enqueued_configuration(project: Path) -> None:

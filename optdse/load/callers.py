@@ -1,13 +1,13 @@
 """How the load generator talks to a replica: one small client class per protocol.
 
 Each opens its connections before the clock starts and gives every load thread a caller; the
-timing loop in optdse/load.py is the same for both.
+timing loop in optdse/load/worker.py is the same for both.
 
 - gRPC (`GrpcClient`): one channel per target, shared by a worker's threads (gRPC multiplexes
   calls), each request sent as pre-serialized bytes (bytes in, bytes out: no protobuf work
   per request but the one-row check).
 - REST (`RestClient`): TF Serving's JSON predict, every thread with its own kept-alive
-  HTTP/1.1 connection to each target (optdse/http1.py says why not http.client).
+  HTTP/1.1 connection to each target (optdse/load/http1.py says why not http.client).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from optdse.http1 import KeptAliveConnection, ProtocolError
+from optdse.load.http1 import KeptAliveConnection, ProtocolError
 
 if TYPE_CHECKING:
-    from optdse.load import LoadPlan
+    from optdse.load.plan import LoadPlan
 
 
 class CallFailed(Exception):
@@ -94,7 +94,7 @@ class GrpcClient:
 
 class RestClient:
     """REST: every thread gets its own HTTP/1.1 connection to each target, kept open across
-    requests and reopened after a connection error (optdse/http1.py says why not http.client)."""
+    requests and reopened after a connection error (optdse/load/http1.py says why not http.client)."""
 
     def __init__(self, plan: LoadPlan) -> None:
         self.plan = plan
