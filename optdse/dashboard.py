@@ -33,6 +33,8 @@ def trial_note(config: Config, result: Measurement) -> str:
         f"| ACU (replicas) | {result.acu_cores:.3f} cores"
         + (" (" + ", ".join(f"{node} {acu:.3f}" for node, acu in result.acu_by_node.items()) + ")"
            if len(result.acu_by_node) > 1 else "") + " |",
+        f"| cost | {result.cost_cores:g} cores and {result.cost_memory_mb:g} MB reserved; per answered request "
+        f"{result.cpu_ms_per_request:.3f} ms of replica CPU, {result.energy_j_per_request:.4f} J |",
         f"| model | {config.server.model.describe()} |",
         f"| each request | file size {config.client.file_size} ({result.file_size_unit}): {result.rows_per_request} "
         f"row(s), {result.request_bytes} bytes; inputs {result.request_source} |",

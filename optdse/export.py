@@ -33,12 +33,13 @@ def parameter_columns(rows: list[dict[str, object]]) -> list[str]:
 
 def pareto_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per Pareto-optimal (and feasible) trial, sorted by ART."""
+    figures = [*FIGURES, *(m for m in study.metric_names or [] if m not in FIGURES)]  # and any other objective
     rows = []
     for trial in study.best_trials:  # Optuna's front; respects constraints when they exist
         row: dict[str, object] = {"trial": trial.number}
         for name, value in trial_parameters(trial).items():
             row[name] = round(value, 6) if isinstance(value, float) else value  # 0.9500000000000001 -> 0.95
-        for name in FIGURES:
+        for name in figures:
             row[name] = trial.user_attrs.get(name)
         row["energy_is_estimate"] = trial.user_attrs.get("energy_is_estimate")
         row["host"] = trial.user_attrs.get("host")  # which worker's host measured it
@@ -49,7 +50,7 @@ def pareto_frame(study: optuna.Study) -> pd.DataFrame:
             row["network_method"] = trial.user_attrs.get("network_method")
         rows.append(row)
     network = ["error_rate", "network_method"] if any("network_method" in row for row in rows) else []
-    columns = ["trial", *parameter_columns(rows), *FIGURES, "energy_is_estimate", "host", *REQUEST, *MEASURING, *network]
+    columns = ["trial", *parameter_columns(rows), *figures, "energy_is_estimate", "host", *REQUEST, *MEASURING, *network]
     return pd.DataFrame(rows, columns=columns).sort_values("art_ms", ignore_index=True)
 
 

@@ -129,6 +129,10 @@ class Measurement:
     replicas_killed: list[str] = field(default_factory=list)  # by the chaos option, during the load
     acu_by_node: dict[str, float] = field(default_factory=dict)  # ACU of the replicas on each host (swarm nodes)
     p999_ms: float = 0.0
+    cost_cores: float = 0.0       # what the deployment reserves: replicas x CPU limit
+    cost_memory_mb: float = 0.0   # replicas x memory limit
+    cpu_ms_per_request: float = 0.0    # replica CPU burnt per answered request in the window
+    energy_j_per_request: float = 0.0  # energy per answered request (an estimate where energy_j is)
     latency_histogram: str = ""   # the window's answered latencies, HdrHistogram-encoded (optdse/histograms.py)
     stop_rule: str = ""           # how long the load ran: a fixed count, or until the windows agreed
     windows: list[dict[str, float]] = field(default_factory=list)  # the stability rule's windows, in order
@@ -182,6 +186,8 @@ def summarize(load: LoadResult, samples: Samples, window: Window, memory_peaks: 
         window_s=window.seconds, warmup_requests=int((load.send < window.start).sum()),
         cooldown_requests=int((load.send >= window.end).sum()), stability_spread=float(stability_spread),
         stable=bool(stable), acu_cores=cpu / window.seconds if window.seconds > 0 else 0.0,
+        cpu_ms_per_request=cpu * 1e3 / answered_s.size if answered_s.size else float("nan"),
+        energy_j_per_request=energy / answered_s.size if answered_s.size else float("nan"),
         replica_cpu_seconds=cpu, mem_peak_mb=max(memory_peaks, default=0) / 2**20,
         mem_peak_mb_per_replica=[round(m / 2**20, 1) for m in memory_peaks], energy_j=energy,
         energy_method=method, energy_is_estimate=rapl is None, client_cpu_cores=load.client_cpu_cores,

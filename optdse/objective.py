@@ -81,7 +81,9 @@ def measure(backend: Backend, config: Config, client_processes: int = 0,
         raise MeasureError("errors", f"all {len(load.ok)} requests failed ({codes})")
     window = cut_window(load, client.warmup_fraction)
     summary = summarize(load, samples, window, backend.memory_peaks(), backend.accounting, backend.limits_enforced)
-    return replace(summary, request_bytes=payload.bytes_per_request, file_size_unit=payload.unit,
+    server = config.server
+    return replace(summary, cost_cores=server.replicas * server.cpus, cost_memory_mb=server.replicas * server.memory_mb,
+                   request_bytes=payload.bytes_per_request, file_size_unit=payload.unit,
                    rows_per_request=payload.rows_per_request, request_source=payload.source,
                    deploy_s=deployed - began, load_setup_s=load.started - deployed,
                    load_s=load.finished - load.started, network_method=link.method,

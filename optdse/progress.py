@@ -51,7 +51,8 @@ class StudyProgress:
         title = (f"Pareto front ({len(frame)} trials" + "".join(f"; {c} {_cell(frame[c].iloc[0])}" for c in same)
                  + (" throughout)" if same else ")"))
         table = Table(title=title, title_justify="left")
-        columns = [c for c in parameters if c not in same] + ["art_ms", "acu_cores"]
+        figures = dict.fromkeys([*(optuna_study.metric_names or []), "art_ms", "acu_cores"])  # objectives first
+        columns = [c for c in parameters if c not in same] + [c for c in figures if c in frame.columns]
         table.add_column("trial", justify="right")
         for column in columns:
             table.add_column(column, justify="right")

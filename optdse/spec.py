@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
@@ -41,8 +41,12 @@ NETWORK_PARAMETERS = {
 #: Figures a study may optimise, with the direction that makes sense for each.
 METRICS = {
     "art_ms": "minimize", "p50_ms": "minimize", "p90_ms": "minimize", "p95_ms": "minimize",
-    "p99_ms": "minimize", "acu_cores": "minimize", "energy_j": "minimize",
+    "p99_ms": "minimize", "p999_ms": "minimize", "acu_cores": "minimize", "energy_j": "minimize",
     "throughput_rps": "maximize",
+    # What the operator pays for: the limits reserved (replicas x CPU, replicas x memory) and
+    # what each answered request burnt (replica CPU, energy).
+    "cost_cores": "minimize", "cost_memory_mb": "minimize", "cpu_ms_per_request": "minimize",
+    "energy_j_per_request": "minimize",
 }
 INTEGER_PARAMETERS = {"threads", "file_size", "replicas", "memory_mb"}
 #: Every parameter name a space or an enqueued point may use.
@@ -130,9 +134,23 @@ class SearchSpace(_Strict):
 
 
 class Objective(_Strict):
-    metric: Literal["art_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "acu_cores", "energy_j",
-                    "throughput_rps"]
+    """A measured figure to optimise, in the direction that makes sense for it (METRICS)."""
+
+    metric: str
     direction: Literal["minimize", "maximize"]
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        if metric not in METRICS:
+            raise ValueError(f"must be one of {', '.join(METRICS)}")
+        return metric
+
+    @model_validator(mode="after")
+    def _sensible_direction(self) -> Objective:
+        if self.direction != METRICS[self.metric]:
+            raise ValueError(f"{self.metric} is to {METRICS[self.metric]}, not {self.direction}")
+        return self
 
 
 class Sampler(_Strict):
@@ -178,6 +196,25 @@ class Stability(_Strict):
         return StabilityRule(**self.model_dump())
 
 
+class Constraints(_Strict):
+    """Service-level objectives: a trial that misses one is infeasible (an Optuna constraint
+    that the samplers, the Pareto front and optuna-dashboard read)."""
+
+    p99_ms: Annotated[float, Field(gt=0)] | None = Field(None, description="upper bound on p99 latency")
+    p95_ms: Annotated[float, Field(gt=0)] | None = Field(None, description="upper bound on p95 latency")
+    art_ms: Annotated[float, Field(gt=0)] | None = Field(None, description="upper bound on mean latency")
+    error_rate: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        None, description="upper bound on the share of failed requests (default: max_error_rate)")
+    min_throughput_rps: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="lower bound on answered requests per second")
+
+    #: The upper bounds, by the Measurement field each bounds.
+    UPPER: ClassVar[tuple[str, ...]] = ("p99_ms", "p95_ms", "art_ms")
+
+    def any(self) -> bool:
+        return any(value is not None for value in self.model_dump().values())
+
+
 class ModelBlock(_Strict):
     """A user's SavedModel (optdse/models.py). Relative paths resolve from the study file's folder."""
 
@@ -218,6 +255,8 @@ class StudySpec(_Strict):
                        "and the trial records the coefficient of variation of ART and ACU")
     max_error_rate: Annotated[float, Field(ge=0, le=1)] = Field(
         0.01, description="trials with a higher error rate are infeasible (an Optuna constraint)")
+    constraints: Constraints = Field(default_factory=lambda: Constraints(),
+                                     description="service-level objectives a feasible trial meets")
     deadline_ms: Annotated[float, Field(gt=0, le=3_600_000)] = Field(
         30_000, description="per-request deadline; a later answer is an error (DEADLINE_EXCEEDED)")
     retries: Annotated[int, Field(ge=0, le=10)] = Field(
@@ -253,6 +292,11 @@ class StudySpec(_Strict):
             raise ValueError("must be host-python or a Docker image reference such as optdse/serving "
                              "or tensorflow/serving:2.19.0")
         return image
+
+    @property
+    def error_limit(self) -> float:
+        """The error rate above which a trial is infeasible: constraints.error_rate, else max_error_rate."""
+        return self.constraints.error_rate if self.constraints.error_rate is not None else self.max_error_rate
 
     @model_validator(mode="after")
     def _enqueued_names_known(self) -> StudySpec:
@@ -312,7 +356,7 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     loc = tuple(part for part in loc if part not in _TAGS)
     if len(loc) == 1:
         return f"; allowed: {', '.join(model.model_fields)}"
-    nested = {"chaos": Chaos, "sampler": Sampler, "model": ModelBlock}
+    nested = {"chaos": Chaos, "sampler": Sampler, "model": ModelBlock, "constraints": Constraints, "stability": Stability}
     if model is StudySpec and len(loc) == 2 and loc[0] in nested:
         return f"; allowed: {', '.join(nested[loc[0]].model_fields)}"
     if model is SearchSpace and len(loc) == 2 and loc[0] == "network":

@@ -41,7 +41,7 @@ from optdse.deploy.runs import live_process, other_live_runs
 from optdse.measurement import MAX_LATE_FRACTION, Measurement, combine_repeats
 from optdse.objective import MeasureError, measure
 from optdse.space import fixed_values, suggest
-from optdse.spec import Study
+from optdse.spec import Study, StudySpec
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
 
@@ -216,10 +216,12 @@ def _measure_trial(optuna_study: optuna.Study, trial: optuna.Trial, study: Study
             optuna_study.tell(trial, state=TrialState.FAIL)
         return TrialOutcome(trial.number, TrialState.FAIL, None, f"{error.reason}: {error.message}")
     values = [float(getattr(result, o.metric)) for o in study.spec.objectives]
+    limits, names = constraint_values(result, study.spec), constraint_names(study.spec)
     with signals.atomic():  # the measured trial is recorded whole
         for key, value in result.as_dict().items():
             trial.set_user_attr(key, value)
-        record_constraints(trial, [feasibility(result, study.spec.max_error_rate)])
+        record_constraints(trial, limits)
+        trial.set_user_attr("constraint_names", names)
         save_note(trial, trial_note(config, result))
         optuna_study.tell(trial, values)
     summary = (f"ART {result.art_ms:.2f} ms, ACU {result.acu_cores:.3f} cores, p95 {result.p95_ms:.2f} ms, "
@@ -228,16 +230,43 @@ def _measure_trial(optuna_study: optuna.Study, trial: optuna.Trial, study: Study
         summary += f", {result.retried_requests} retried" + "".join(f", killed {name}" for name in result.replicas_killed)
     if result.offered_rps:
         summary += f", {result.late_sends} late sends" + ("" if result.generator_kept_up else " (INFEASIBLE)")
+    missed = [name for name, value in zip(names, limits) if value > 0]
+    if missed:
+        summary += f", misses {', '.join(missed)} (infeasible)"
     if result.repeats > 1:
         summary += f", CV over {result.repeats} repeats: ART {result.art_cv:.1%}, ACU {result.acu_cv:.1%}"
     return TrialOutcome(trial.number, TrialState.COMPLETE, values, summary)
 
 
 def feasibility(result: Measurement, max_error_rate: float) -> float:
-    """The trial's one constraint (<= 0 feasible): its error rate over the limit, or in an
+    """The trial's first constraint (<= 0 feasible): its error rate over the limit, or in an
     open-loop run whose generator fell behind, its share of late sends over the limit."""
     excess = result.error_rate - max_error_rate
     return excess if result.generator_kept_up else max(excess, result.late_fraction - MAX_LATE_FRACTION)
+
+
+def constraint_values(result: Measurement, spec: StudySpec) -> list[float]:
+    """Every constraint of the study (<= 0 feasible), in constraint_names' order: the error
+    rate (and the generator keeping up) first, then each SLO the study file sets, as its
+    relative miss (0.2: 20% over an upper bound, or 20% under the throughput floor), so
+    samplers that weigh violations compare them on one scale."""
+    values = [feasibility(result, spec.error_limit)]
+    slo = spec.constraints
+    for metric in slo.UPPER:
+        bound = getattr(slo, metric)
+        if bound is not None:
+            values.append(float(getattr(result, metric)) / bound - 1)
+    if slo.min_throughput_rps is not None:
+        values.append(1 - result.throughput_rps / slo.min_throughput_rps)
+    return values
+
+
+def constraint_names(spec: StudySpec) -> list[str]:
+    """What each of constraint_values says, for the report and the note."""
+    slo = spec.constraints
+    return ([f"error_rate <= {spec.error_limit:g}"]
+            + [f"{metric} <= {getattr(slo, metric):g}" for metric in slo.UPPER if getattr(slo, metric) is not None]
+            + ([f"throughput_rps >= {slo.min_throughput_rps:g}"] if slo.min_throughput_rps is not None else []))
 
 
 def record_constraints(trial: optuna.Trial, values: list[float]) -> None:
@@ -375,5 +404,5 @@ def default_storage() -> str:
     return "sqlite:///results/optdse.db"
 
 
-__all__ = ["START_LEVELS", "TrialEvents", "constraints", "default_storage", "fail_lost", "make_sampler", "open_storage", "open_study", "record_constraints", "repeatability", "run_study",
+__all__ = ["START_LEVELS", "TrialEvents", "constraint_names", "constraint_values", "constraints", "default_storage", "fail_lost", "make_sampler", "open_storage", "open_study", "record_constraints", "repeatability", "run_study",
            "run_trial", "shown_url", "start_points", "trial_counts"]

@@ -62,6 +62,7 @@ class ReportData:
     grid: StudySummary | None = None
     notes: list[str] = field(default_factory=list)  # what could not be computed, and why
     model: str = ""             # which model the trials measured, and what file size counts for it
+    cheapest: str = ""          # with SLO constraints: the cheapest configuration that met them
 
     @property
     def hypervolume_ratio(self) -> float | None:
@@ -220,7 +221,27 @@ def compute(study: optuna.Study, grid: optuna.Study | None = None) -> ReportData
         correlations=correlations(trials, parameters, objectives),
         timeseries=pareto_timeseries(study, summary.pareto),
         grid=summarize_study(grid, objectives, directions, reference, grid_trials) if grid is not None else None,
-        notes=notes, model=model_line(study))
+        notes=notes, model=model_line(study), cheapest=cheapest_line(study))
+
+
+def cheapest_line(study: optuna.Study) -> str:
+    """With service-level objectives: the feasible trial that reserves the fewest cores (then
+    the least memory), what it is and what it achieved; "" for a study without them."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    names = next((t.user_attrs["constraint_names"] for t in complete if "constraint_names" in t.user_attrs), [])
+    if len(names) < 2:  # only the error rate: no SLO
+        return ""
+    feasible = [t for t in complete if _feasible(t) and "cost_cores" in t.user_attrs]
+    if not feasible:
+        return f"No configuration met the SLO ({', '.join(names)}) in {len(complete)} measured trials."
+    best = min(feasible, key=lambda t: (t.user_attrs["cost_cores"], t.user_attrs.get("cost_memory_mb", 0.0)))
+    a = best.user_attrs
+    setting = ", ".join(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
+                        for name, value in trial_parameters(best).items())
+    return (f"Cheapest configuration meeting the SLO ({', '.join(names)}): trial {best.number}, {setting}: "
+            f"{a['cost_cores']:g} cores and {a.get('cost_memory_mb', 0):g} MB reserved; p99 {a['p99_ms']:.2f} ms, "
+            f"ART {a['art_ms']:.2f} ms, {a['throughput_rps']:.0f} req/s, {a.get('cpu_ms_per_request', 0):.3f} ms "
+            f"of CPU per request ({len(feasible)} of {len(complete)} measured trials met the SLO).")
 
 
 def model_line(study: optuna.Study) -> str:

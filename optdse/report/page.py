@@ -175,7 +175,10 @@ def render(data: ReportData, pareto_table: pd.DataFrame) -> str:
     headline = (f"{len(trials)} trials: {counts.get('COMPLETE', 0)} complete ({infeasible} infeasible), "
                 f"{counts.get('FAIL', 0)} failed, {counts.get('RUNNING', 0)} running; "
                 f"{len(data.study.pareto)} Pareto-optimal.")
-    parts = [f"<h1>optdse report: {html.escape(data.study.name)}</h1>", f"<p>{html.escape(headline)}</p>"]
+    parts = [f"<h1>optdse report: {html.escape(data.study.name)}</h1>"]
+    if data.cheapest:  # the operator's question first
+        parts.append(f"<p class='cheapest'><b>{html.escape(data.cheapest)}</b></p>")
+    parts.append(f"<p>{html.escape(headline)}</p>")
     if data.model:
         parts.append(f"<p class='model'>{html.escape(data.model)}</p>")
     if data.grid is not None and data.hypervolume_ratio is not None:

@@ -69,6 +69,7 @@ BAD_STUDIES = [
     ({"model": "{path: no-such-model}"}, "model.path", "no-such-model: no such folder"),
     ({"search_space": "nope.yaml"}, "search_space", "no file"),
     ({"objectives": "[{metric: speed, direction: minimize}]"}, "objectives.0.metric", "art_ms"),
+    ({"objectives": "[{metric: art_ms, direction: maximize}]"}, "objectives.0", "art_ms is to minimize, not maximize"),
     ({"sampler": "{name: cmaes}"}, "sampler.name", "'tpe'"),
     ({"enqueue": "[{replicas: 99}]"}, "enqueue.0.replicas", "range 1..2"),
     ({"enqueue": "[{gpus: 1}]"}, "enqueue", "unknown parameter gpus; allowed: threads"),
@@ -79,6 +80,8 @@ BAD_STUDIES = [
     ({"network_method": "tc"}, "network_method", "'auto', 'netem' or 'proxy'"),
     ({"stability": "{window_s: 5, max_s: 10}"}, "stability", "max_s must leave room for warmup_s and 3 windows"),
     ({"stability": "{windows: 1}"}, "stability.windows", "greater than or equal to 2"),
+    ({"constraints": "{p99: 5}"}, "constraints.p99", "unknown key; allowed: p99_ms, p95_ms, art_ms, error_rate"),
+    ({"constraints": "{p99_ms: 0}"}, "constraints.p99_ms", "greater than 0"),
     ({"stability": "{tolerance: 10%}"}, "stability.tolerance", "valid number"),
     ({"enqueue": "[{delay_ms: 5}]"}, "enqueue.0.delay_ms", "the search space has no network block"),
 ]

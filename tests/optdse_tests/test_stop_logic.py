@@ -94,3 +94,16 @@ def test_limits_larger_than_this_host_warn_in_one_line_each() -> None:
     assert cpus.startswith(f"--cpus {cores + 48} is more than this host's {cores} cores")
     assert memory.startswith(f"--memory {memory_mb * 2:.0f} MB is more than this host's {memory_mb:.0f} MB")
     assert all("\n" not in warning and "swarm" in warning for warning in (cpus, memory))
+
+
+def test_the_pareto_table_shows_the_study_s_own_objectives_first() -> None:
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    study.set_metric_names(["p99_ms", "cost_cores"])
+    for i in range(3):
+        study.add_trial(optuna.trial.create_trial(
+            values=[5.0 - i, 1.0 + i], params={"threads": i + 1},
+            distributions={"threads": optuna.distributions.IntDistribution(1, 64)},
+            user_attrs={"p99_ms": 5.0 - i, "cost_cores": 1.0 + i, "art_ms": 1.0, "acu_cores": 0.5}))
+    header = next(line for line in _printed(study).splitlines() if "trial" in line and "threads" in line)
+    assert [word for word in header.replace("┃", " ").split()] == ["trial", "threads", "p99_ms", "cost_cores",
+                                                                    "art_ms", "acu_cores"]

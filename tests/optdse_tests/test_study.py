@@ -224,6 +224,51 @@ def test_a_swarm_study_runs_and_leaves_no_service(project: Path) -> None:
     assert client.services.list(filters={"label": "optdse.run"}) == []
 
 
+def test_cost_objectives_are_what_the_deployment_reserves_and_each_request_burns(project: Path) -> None:
+    """p99 against cost_cores: the objectives a study of an SLO and a bill would use."""
+    write_study(project, "bill", trials=3, objectives="[{metric: p99_ms, direction: minimize}, "
+                                                        "{metric: cost_cores, direction: minimize}]")
+    run = optdse(project, "study", "bill")
+    assert run.returncode == 0, run.stdout + run.stderr
+    study = load(project, "bill")
+    for trial in study.trials:
+        attrs, params = trial.user_attrs, trial.params | {"cpus": trial.params.get("cpus", 1.0)}
+        assert trial.state == TrialState.COMPLETE, attrs.get("fail_message")
+        assert trial.values == [attrs["p99_ms"], attrs["cost_cores"]]
+        assert attrs["cost_cores"] == pytest.approx(params["replicas"] * params["cpus"])
+        assert attrs["cost_memory_mb"] == params["replicas"] * 1000
+        answered = attrs["requests_in_window"] - attrs["errors"]
+        assert attrs["cpu_ms_per_request"] == pytest.approx(attrs["replica_cpu_seconds"] * 1e3 / answered)
+        assert attrs["energy_j_per_request"] == pytest.approx(attrs["energy_j"] / answered)
+    exported = optdse(project, "export", "bill", "--pareto", "front.csv")
+    assert exported.returncode == 0, exported.stderr
+    assert "cost_cores" in pd.read_csv(project / "front.csv").columns  # an objective outside the usual figures
+
+
+def test_a_trial_that_misses_the_slo_is_infeasible_everywhere_optuna_looks(project: Path, tmp_path: Path) -> None:
+    """constraints: p99_ms <= 30. One replica at a full core answers one thread in a
+    millisecond or two; at 0.2 CPU with 4 threads of 8 images the CFS quota stalls requests for
+    ~80 ms, so its p99 misses the SLO: an infeasible trial for the samplers, the front, the
+    dashboard, and the report names the other as the cheapest that met it."""
+    write_study(project, "slo", trials=2, constraints="{p99_ms: 30}",
+                enqueue="[{threads: 1, file_size: 1, replicas: 1, cpus: 1.0}, "
+                        "{threads: 4, file_size: 8, replicas: 1, cpus: 0.2}]")
+    run = optdse(project, "study", "slo")
+    assert run.returncode == 0, run.stdout + run.stderr
+    fast, throttled = load(project, "slo").trials
+    assert fast.user_attrs["constraint_names"] == ["error_rate <= 0.01", "p99_ms <= 30"]
+    assert fast.system_attrs["constraints"][1] == pytest.approx(fast.user_attrs["p99_ms"] / 30 - 1)
+    assert fast.system_attrs["constraints"][1] < 0
+    assert throttled.user_attrs["p99_ms"] > 30 and throttled.system_attrs["constraints"][1] > 0
+    assert "misses p99_ms <= 30 (infeasible)" in run.stdout + run.stderr
+    assert [t.number for t in load(project, "slo").best_trials] == [fast.number]
+    output = tmp_path / "slo.html"
+    assert optdse(project, "report", "slo", "--output", str(output)).returncode == 0
+    page = output.read_text()
+    assert (f"Cheapest configuration meeting the SLO (error_rate &lt;= 0.01, p99_ms &lt;= 30): trial {fast.number}"
+            in page) and "1 of 2 measured trials met the SLO" in page
+
+
 def test_repeats_measure_each_configuration_several_times_and_report_the_noise(project: Path) -> None:
     """--repeats 3: the objectives are the means of three real measurements in a row; the
     trial keeps each one and their coefficients of variation; the study prints the median."""
