@@ -209,6 +209,7 @@ def _measure_trials(command: str, args: argparse.Namespace, study: Any, url: str
 def _measure(args: argparse.Namespace) -> int:
     from optdse.config import ClientConfig, Config, NetworkConfig, ServerConfig
     from optdse.deploy.base import DeployError, beyond_host
+    from optdse.knobs import KNOBS, KnobError, ServerKnobs
     from optdse.models import ModelError, resolve
     from optdse.objective import MeasureError, measure
 
@@ -225,7 +226,11 @@ def _measure(args: argparse.Namespace) -> int:
         least = DEFAULT_RULE.warmup_s + DEFAULT_RULE.windows * args.window
         return _fail("measure", f"--max-duration: must leave room for the warm-up and {DEFAULT_RULE.windows} windows "
                                 f"of --window (at least {least:g} s)")
-    config = Config(ServerConfig(model, args.replicas, args.cpus, args.memory),
+    try:
+        knobs = ServerKnobs.of({name: getattr(args, name) for name in KNOBS})
+    except KnobError as error:
+        return _fail("measure", f"--{error.knob.replace('_', '-')}: {error.message.replace('enable_batching', '--enable-batching')}")
+    config = Config(ServerConfig(model, args.replicas, args.cpus, args.memory, knobs),
                     ClientConfig(args.threads, args.file_size, args.requests, args.warmup_fraction, args.duration,
                                  args.protocol, network=network, deadline_s=args.deadline_ms / 1e3,
                                  retries=args.retries, chaos_kill_after_s=args.kill_replica_after,
@@ -254,6 +259,20 @@ def _measure(args: argparse.Namespace) -> int:
         if key not in ("timeseries", "latency_histogram"):  # too long to read; --json has them
             print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
     return 0
+
+
+def _add_knob_options(parser: argparse.ArgumentParser) -> None:
+    """The server's own knobs (optdse/knobs.py), under TF Serving's flag names with dashes;
+    unset ones keep the server's default."""
+    from optdse.knobs import KNOBS
+
+    group = parser.add_argument_group("server knobs", "passed to every replica as its own flags or batching file")
+    for name, (what, minimum) in KNOBS.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "enable_batching":
+            group.add_argument(flag, action="store_true", default=None, help=what.replace(" (0 or 1)", ""))
+        else:
+            group.add_argument(flag, type=_positive_int if minimum else _non_negative_int, metavar="N", help=what)
 
 
 def _cannot_open(command: str, storage: str, error: Exception) -> int:
@@ -465,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--replicas", type=_positive_int, default=1)
     measure.add_argument("--cpus", type=_cpus, default=1.0, help="CPU cores per replica")
     measure.add_argument("--memory", type=_positive_int, default=1000, help="memory per replica, MB")
+    _add_knob_options(measure)
     measure.add_argument("--requests", type=_positive_int,
                          help="a fixed request count instead of the stability rule")
     measure.add_argument("--duration", type=_positive_float, metavar="SECONDS",

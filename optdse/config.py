@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from optdse.knobs import ServerKnobs
 from optdse.stability import StabilityRule
 
 if TYPE_CHECKING:
@@ -51,12 +52,14 @@ class NetworkConfig:
 @dataclass(frozen=True)
 class ServerConfig:
     """What is deployed: `replicas` optdse-serve replicas of `model` (served under
-    `model.name`), each limited to `cpus` cores (a CFS quota, not pinning) and `memory_mb` MiB."""
+    `model.name`), each limited to `cpus` cores (a CFS quota, not pinning) and `memory_mb` MiB,
+    started with the server's own `knobs` (batching, thread pools; optdse/knobs.py)."""
 
     model: Model
     replicas: int
     cpus: float
     memory_mb: int
+    knobs: ServerKnobs = ServerKnobs()
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,8 @@ class Config:
 
     def describe(self) -> str:
         s, c = self.server, self.client
-        return (f"{s.replicas} x {s.model.name} ({s.cpus:g} CPU, {s.memory_mb} MB), "
+        knobs = s.knobs.describe()
+        return (f"{s.replicas} x {s.model.name} ({s.cpus:g} CPU, {s.memory_mb} MB{', ' + knobs if knobs else ''}), "
                 + (f"{c.threads} threads" if c.rate_rps is None else f"{c.rate_rps:g} req/s {c.arrival}")
                 + f", file size {c.file_size}"
                 + (f", {c.describe_length()}" if c.describe_length() else "")

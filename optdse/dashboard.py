@@ -36,6 +36,9 @@ def trial_note(config: Config, result: Measurement) -> str:
         f"| cost | {result.cost_cores:g} cores and {result.cost_memory_mb:g} MB reserved; per answered request "
         f"{result.cpu_ms_per_request:.3f} ms of replica CPU, {result.energy_j_per_request:.4f} J |",
         f"| model | {config.server.model.describe()} |",
+        f"| server command | `{result.server_command}`"
+        + (f"; batching file: {result.batching_parameters.strip().replace(chr(10), '; ')}"
+           if result.batching_parameters else "") + " |",
         f"| each request | file size {config.client.file_size} ({result.file_size_unit}): {result.rows_per_request} "
         f"row(s), {result.request_bytes} bytes; inputs {result.request_source} |",
         f"| memory peak (largest replica) | {result.mem_peak_mb:.0f} MB |",

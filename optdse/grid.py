@@ -22,7 +22,8 @@ from optuna.samplers import GridSampler
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from optdse.spec import INTEGER_PARAMETERS, Range, Study
+from optdse.knobs import KNOBS
+from optdse.spec import INTEGER_PARAMETERS, Choice, Range, Study
 from optdse.study import open_study
 
 #: Failures that say nothing about the configuration: its point is measured again on resume.
@@ -32,8 +33,9 @@ RETRIED = ("interrupted", "abandoned")
 #: Visiting order: the slowest change to deploy outermost. A new replica count starts or stops
 #: processes; memory is raised in place (lowering it below use restarts a replica, so it
 #: rises within each replica count); CPU quotas, the network's impairment (a new relay or
-#: qdisc per trial anyway) and client parameters change for free.
-DEPLOYMENT_ORDER = ("model", "replicas", "memory_mb", "cpus", "delay_ms", "jitter_ms", "loss_pct", "file_size",
+#: qdisc per trial anyway) and client parameters change for free. A server knob is a new
+#: command line, so every replica restarts: knobs are outermost.
+DEPLOYMENT_ORDER = ("model", *KNOBS, "replicas", "memory_mb", "cpus", "delay_ms", "jitter_ms", "loss_pct", "file_size",
                     "threads", "rate_rps")
 
 
@@ -70,8 +72,14 @@ def levels_of(name: str, dist: Range, levels: int) -> list[float]:
 
 
 def grid_space(study: Study, levels: int) -> dict[str, list[float]]:
-    return {name: levels_of(name, dist, levels) for name, dist in study.space.dimensions.items()
-            if isinstance(dist, Range)}
+    """Each varied parameter's levels: `levels` values over a range, or a list's choices."""
+    space = {}
+    for name, dist in study.space.dimensions.items():
+        if isinstance(dist, Range):
+            space[name] = levels_of(name, dist, levels)
+        elif isinstance(dist, Choice):
+            space[name] = [bool(c) if name == "enable_batching" else c for c in dist.choices]
+    return space
 
 
 def grid_size(space: dict[str, list[float]]) -> int:

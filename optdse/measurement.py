@@ -142,6 +142,9 @@ class Measurement:
     late_fraction: float = 0.0
     late_max_ms: float = 0.0
     generator_kept_up: bool = True  # open loop: at most MAX_LATE_FRACTION late; else the trial is infeasible
+    server_command: str = ""      # the first replica's server command line, exactly as run
+    server_knobs: dict[str, int | bool] = field(default_factory=dict)  # the knobs given (optdse/knobs.py)
+    batching_parameters: str = ""  # the batching parameters file the server read ("": none)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

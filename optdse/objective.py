@@ -87,7 +87,9 @@ def measure(backend: Backend, config: Config, client_processes: int = 0,
                    rows_per_request=payload.rows_per_request, request_source=payload.source,
                    deploy_s=deployed - began, load_setup_s=load.started - deployed,
                    load_s=load.finished - load.started, network_method=link.method,
-                   deadline_ms=client.deadline_s * 1e3, replicas_killed=killed)
+                   deadline_ms=client.deadline_s * 1e3, replicas_killed=killed,
+                   server_command=backend.server_command, server_knobs=server.knobs.set(),
+                   batching_parameters=server.knobs.batching_file() or "")
 
 
 def _kill_one(backend: Backend) -> None:

@@ -6,17 +6,23 @@ stored as trial user attrs so every trial still records its full configuration.
 
 from __future__ import annotations
 
-from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import BaseTrial
 
 from optdse.config import ClientConfig, Config, NetworkConfig, ServerConfig
-from optdse.spec import INTEGER_PARAMETERS, Fixed, Range, Study
+from optdse.knobs import BATCHING_KNOBS, ServerKnobs
+from optdse.spec import INTEGER_PARAMETERS, Choice, Fixed, Range, Study
 
 
 def distributions(study: Study) -> dict[str, BaseDistribution]:
-    """The varied parameters of the study's space as Optuna distributions."""
+    """The varied parameters of the study's space as Optuna distributions (enable_batching
+    before the batching parameters, which `suggest` asks for only when it is on)."""
     result: dict[str, BaseDistribution] = {}
     for name, dist in study.space.dimensions.items():
+        if isinstance(dist, Choice):
+            kind = bool if name == "enable_batching" else int if name in INTEGER_PARAMETERS else float
+            result[name] = CategoricalDistribution([kind(choice) for choice in dist.choices])
+            continue
         if not isinstance(dist, Range):
             continue
         if name in INTEGER_PARAMETERS:
@@ -30,22 +36,36 @@ def fixed_values(study: Study) -> dict[str, float]:
     return {name: dist.value for name, dist in study.space.dimensions.items() if isinstance(dist, Fixed)}
 
 
+def active(values: dict[str, float]) -> dict[str, float]:
+    """`values` without the batching parameters when batching is off: they would mean nothing
+    to the server (and nothing is passed for them)."""
+    if values.get("enable_batching"):
+        return values
+    return {name: value for name, value in values.items() if name not in BATCHING_KNOBS}
+
+
 def suggest(trial: BaseTrial, study: Study) -> Config:
-    """Ask the sampler for one configuration of the study's space."""
+    """Ask the sampler for one configuration of the study's space. The batching parameters
+    are suggested only when enable_batching is on (Optuna's conditional search space), so no
+    sampler learns from values the server never saw."""
     values: dict[str, float] = dict(fixed_values(study))
     for name, d in distributions(study).items():
-        if isinstance(d, IntDistribution):
+        if name in BATCHING_KNOBS and not values.get("enable_batching"):
+            continue
+        if isinstance(d, CategoricalDistribution):
+            values[name] = trial.suggest_categorical(name, d.choices)
+        elif isinstance(d, IntDistribution):
             values[name] = trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
         else:
             assert isinstance(d, FloatDistribution)
             values[name] = trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
-    return to_config(values, study)
+    return to_config(active(values), study)
 
 
 def to_config(values: dict[str, float], study: Study) -> Config:
     spec = study.spec
     server = ServerConfig(model=study.model, replicas=int(values["replicas"]), cpus=float(values["cpus"]),
-                          memory_mb=int(values["memory_mb"]))
+                          memory_mb=int(values["memory_mb"]), knobs=ServerKnobs.of(active(values)))
     network = NetworkConfig(delay_ms=float(values.get("delay_ms", 0.0)), jitter_ms=float(values.get("jitter_ms", 0.0)),
                             loss_pct=float(values.get("loss_pct", 0.0)), method=spec.network_method)
     rate = values.get("rate_rps")
@@ -59,4 +79,4 @@ def to_config(values: dict[str, float], study: Study) -> Config:
     return Config(server=server, client=client)
 
 
-__all__ = ["distributions", "fixed_values", "suggest", "to_config"]
+__all__ = ["active", "distributions", "fixed_values", "suggest", "to_config"]

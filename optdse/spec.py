@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
+from optdse.knobs import BATCHING_KNOBS, KNOBS
 from optdse.models import BUILTINS, DEFAULT_SIGNATURE, Model, ModelError, builtin, user_model
 from optdse.stability import StabilityRule
 
@@ -38,6 +39,8 @@ NETWORK_PARAMETERS = {
     "jitter_ms": "random variation of that delay, +- ms",
     "loss_pct": "packets lost in each direction, %",
 }
+#: The `server` block's parameters: the server's own knobs, under TF Serving's flag names (optdse/knobs.py).
+SERVER_PARAMETERS = {name: what for name, (what, _) in KNOBS.items()}
 #: Figures a study may optimise, with the direction that makes sense for each.
 METRICS = {
     "art_ms": "minimize", "p50_ms": "minimize", "p90_ms": "minimize", "p95_ms": "minimize",
@@ -48,9 +51,9 @@ METRICS = {
     "cost_cores": "minimize", "cost_memory_mb": "minimize", "cpu_ms_per_request": "minimize",
     "energy_j_per_request": "minimize",
 }
-INTEGER_PARAMETERS = {"threads", "file_size", "replicas", "memory_mb"}
+INTEGER_PARAMETERS = {"threads", "file_size", "replicas", "memory_mb", *(k for k in KNOBS if k != "enable_batching")}
 #: Every parameter name a space or an enqueued point may use.
-ALL_PARAMETERS = [*PARAMETERS, *LOAD_PARAMETERS, *NETWORK_PARAMETERS]
+ALL_PARAMETERS = [*PARAMETERS, *LOAD_PARAMETERS, *NETWORK_PARAMETERS, *SERVER_PARAMETERS]
 
 
 class SpecError(ValueError):
@@ -86,12 +89,37 @@ class Fixed(_Strict):
     value: float
 
 
+class Choice(_Strict):
+    """A parameter the sampler picks from a list (Optuna's categorical): server knobs only,
+    e.g. `enable_batching: {choices: [0, 1]}`."""
+
+    choices: Annotated[list[float], Field(min_length=2)]
+
+    @field_validator("choices")
+    @classmethod
+    def _distinct(cls, choices: list[float]) -> list[float]:
+        if len(set(choices)) != len(choices):
+            raise ValueError(f"must be distinct (got {', '.join(f'{c:g}' for c in choices)})")
+        return choices
+
+
 def _range_or_fixed(data: Any) -> str:
-    return "fixed" if isinstance(data, dict) and "value" in data else "range"
+    if isinstance(data, dict) and "value" in data:
+        return "fixed"
+    return "choice" if isinstance(data, dict) and "choices" in data else "range"
 
 
 Distribution = Annotated[Annotated[Range, Tag("range")] | Annotated[Fixed, Tag("fixed")],
                          Discriminator(_range_or_fixed)]
+KnobDistribution = Annotated[Annotated[Range, Tag("range")] | Annotated[Fixed, Tag("fixed")]
+                             | Annotated[Choice, Tag("choice")], Discriminator(_range_or_fixed)]
+
+
+def _values(dist: Range | Fixed | Choice) -> list[float]:
+    """The values a dimension's bounds name: low and high, its value, or its choices."""
+    if isinstance(dist, Range):
+        return [dist.low, dist.high]
+    return [dist.value] if isinstance(dist, Fixed) else list(dist.choices)
 
 
 class SearchSpace(_Strict):
@@ -100,11 +128,15 @@ class SearchSpace(_Strict):
 
     parameters: dict[Literal["threads", "file_size", "replicas", "cpus", "memory_mb", "rate_rps"], Distribution]
     network: dict[Literal["delay_ms", "jitter_ms", "loss_pct"], Distribution] = Field(default_factory=dict)
+    server: dict[Literal[tuple(KNOBS)], KnobDistribution] = Field(  # type: ignore[valid-type]
+        default_factory=dict, description="the server's own knobs (batching, thread pools); unset: its defaults")
 
     @property
-    def dimensions(self) -> dict[str, Range | Fixed]:
-        """Every parameter the space defines, the network's included."""
-        return {**self.parameters, **self.network}
+    def dimensions(self) -> dict[str, Range | Fixed | Choice]:
+        """Every parameter the space defines, the network's and the server's included;
+        enable_batching before the batching parameters that depend on it."""
+        server = dict(sorted(self.server.items(), key=lambda item: item[0] != "enable_batching"))
+        return {**self.parameters, **self.network, **server}
 
     @model_validator(mode="after")
     def _complete_and_in_bounds(self) -> SearchSpace:
@@ -130,7 +162,22 @@ class SearchSpace(_Strict):
             low, high = (dist.low, dist.high) if isinstance(dist, Range) else (dist.value, dist.value)
             if low < 0 or high > highest[name]:
                 raise ValueError(f"network.{name}: must lie in 0..{highest[name]:g} (got {low:g}..{high:g})")
+        self._knobs_possible()
         return self
+
+    def _knobs_possible(self) -> None:
+        for name, dist in self.server.items():
+            values, minimum = _values(dist), KNOBS[name][1]
+            if any(v < minimum or not float(v).is_integer() for v in values):
+                raise ValueError(f"server.{name}: takes whole numbers >= {minimum} (got "
+                                 f"{', '.join(f'{v:g}' for v in values)})")
+        batching = self.server.get("enable_batching")
+        if batching is not None and (isinstance(batching, Range) or any(v not in (0, 1) for v in _values(batching))):
+            raise ValueError("server.enable_batching: is on or off: value 0 or 1, or choices [0, 1]")
+        needs = next((name for name in BATCHING_KNOBS if name in self.server), None)
+        if needs and (batching is None or not any(_values(batching))):
+            raise ValueError(f"server.{needs}: a batching parameter; it needs enable_batching in the block "
+                             "(value: 1, or choices: [0, 1])")
 
 
 class Objective(_Strict):
@@ -333,7 +380,7 @@ class Study(BaseModel):
 
 
 #: Union tags pydantic puts in an error's location; not keys of the file.
-_TAGS = ("range", "fixed", "built-in", "block")
+_TAGS = ("range", "fixed", "choice", "built-in", "block")
 
 
 def _one_line(path: Path, error: ValidationError, model: type[BaseModel]) -> str:
@@ -361,8 +408,10 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
         return f"; allowed: {', '.join(nested[loc[0]].model_fields)}"
     if model is SearchSpace and len(loc) == 2 and loc[0] == "network":
         return f"; allowed: {', '.join(NETWORK_PARAMETERS)}"
+    if model is SearchSpace and len(loc) == 2 and loc[0] == "server":
+        return f"; allowed: {', '.join(SERVER_PARAMETERS)}"
     if model is SearchSpace and len(loc) >= 3:
-        return "; allowed: low, high, log, step (a range) or value (fixed)"
+        return "; allowed: low, high, log, step (a range), value (fixed)" + (" or choices" if loc[0] == "server" else "")
     return ""
 
 
@@ -420,8 +469,13 @@ def load_study(name_or_path: str) -> Study:
     for i, point in enumerate(spec.enqueue):
         for name, value in point.items():
             if name not in space.dimensions:
-                raise SpecError(f"{path}: enqueue.{i}.{name}: the search space has no network block with {name}")
+                raise SpecError(f"{path}: enqueue.{i}.{name}: the search space does not define {name}")
             dist = space.dimensions[name]
+            if isinstance(dist, Choice):
+                if value not in dist.choices:
+                    raise SpecError(f"{path}: enqueue.{i}.{name}: must be one of the space's choices "
+                                    f"{', '.join(f'{c:g}' for c in dist.choices)} (got {value:g})")
+                continue
             low, high = (dist.low, dist.high) if isinstance(dist, Range) else (dist.value, dist.value)
             if not (low <= value <= high) or math.isnan(value):
                 raise SpecError(f"{path}: enqueue.{i}.{name}: must lie in the space's range "
@@ -442,5 +496,5 @@ def _model(path: Path, given: str | ModelBlock) -> Model:
         raise SpecError(f"{path}: model.{error.key}: {error}") from None
 
 
-__all__ = ["ALL_PARAMETERS", "LOAD_PARAMETERS", "METRICS", "NETWORK_PARAMETERS", "ModelBlock", "PARAMETERS", "Chaos", "Fixed", "Range", "SearchSpace", "SpecError", "Study", "StudySpec",
+__all__ = ["SERVER_PARAMETERS", "Choice", "ALL_PARAMETERS", "LOAD_PARAMETERS", "METRICS", "NETWORK_PARAMETERS", "ModelBlock", "PARAMETERS", "Chaos", "Fixed", "Range", "SearchSpace", "SpecError", "Study", "StudySpec",
            "find_search_space", "find_study_file", "load_study"]

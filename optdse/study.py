@@ -40,7 +40,8 @@ from optdse.deploy.base import Backend, DeployError
 from optdse.deploy.runs import live_process, other_live_runs
 from optdse.measurement import MAX_LATE_FRACTION, Measurement, combine_repeats
 from optdse.objective import MeasureError, measure
-from optdse.space import fixed_values, suggest
+from optdse.knobs import BATCHING_KNOBS
+from optdse.space import active, fixed_values, suggest
 from optdse.spec import Study, StudySpec
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
@@ -291,8 +292,9 @@ def _configure(trial: optuna.Trial, study: Study, backend: Backend) -> Config:
     for key, value in study.model.record().items():
         trial.set_user_attr(key, value)
     config = suggest(trial, study)
-    for name, value in fixed_values(study).items():
-        trial.set_user_attr(f"fixed_{name}", value)
+    for name, value in active(fixed_values(study) | trial.params).items():
+        if name not in trial.params:  # held by the space (a batching parameter only with batching on)
+            trial.set_user_attr(f"fixed_{name}", value)
     trial.set_user_attr("config", config.describe())
     trial.set_user_attr("requests", config.client.requests)
     trial.set_user_attr("duration_s", config.client.duration_s)
@@ -395,8 +397,10 @@ def start_points(study: Study) -> list[dict[str, float]]:
         base.setdefault(name, values[0])
     points = points or [dict(base)]
     for name, values in levels.items():
-        points += [{**base, name: value} for value in values if value != base[name]]
-    return points
+        # A batching parameter varied with batching off would not reach the server: turn it on.
+        turn_on = {"enable_batching": True} if name in BATCHING_KNOBS and "enable_batching" in base else {}
+        points += [{**base, name: value, **turn_on} for value in values if value != base[name]]
+    return list({tuple(sorted(point.items())): point for point in points}.values())  # each once
 
 
 def default_storage() -> str:

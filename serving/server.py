@@ -44,7 +44,20 @@ def serve(flags: ServerFlags) -> int:
         return 0
 
 
+def settings_line(flags: ServerFlags) -> str:
+    """The settings in effect, flags and batching file read, in the flags' own names: what an
+    operator (and optdse's tests) check a knob against."""
+    batching = flags.batching
+    batched = ("enable_batching=false" if batching is None else
+               f"enable_batching=true max_batch_size={batching.max_batch_size} "
+               f"batch_timeout_micros={batching.batch_timeout_micros} num_batch_threads={batching.num_batch_threads} "
+               f"max_enqueued_batches={batching.max_enqueued_batches}")
+    return (f"settings: {batched} tensorflow_intra_op_parallelism={flags.intra_op_threads} "
+            f"tensorflow_inter_op_parallelism={flags.inter_op_threads} grpc_max_threads={flags.grpc_max_threads}")
+
+
 def _serve(flags: ServerFlags, stop: threading.Event, serving: threading.Event) -> int:
+    log.info("%s", settings_line(flags))
     import_tensorflow(without_keras=True)
     from serving.grpc_api import start_grpc
     from serving.model_server import ModelServer

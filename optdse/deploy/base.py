@@ -9,12 +9,14 @@ It never knows about Optuna.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import psutil
 
 from optdse.config import ServerConfig
 from optdse.deploy.runs import Run
+from optdse.knobs import ServerKnobs
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,19 @@ def beyond_host(cpus: float, memory_mb: float, cpus_label: str = "--cpus",
     if memory_mb > memory:
         warnings.append(f"{memory_label} {memory_mb:.0f} MB is more than this host's {memory:.0f} MB: {why}")
     return warnings
+
+
+def write_batching_file(run: Run, knobs: ServerKnobs) -> Path | None:
+    """The batching parameters file `knobs` need (None: they need none), written in the run's
+    directory under a name unique to its content, so replicas of one setting share it and it
+    goes with the run."""
+    text = knobs.batching_file()
+    if text is None:
+        return None
+    path = run.directory / knobs.batching_file_name()
+    if not path.exists():
+        path.write_text(text)
+    return path
 
 
 class DeployError(RuntimeError):
@@ -135,6 +150,8 @@ class Backend(Protocol):
     accounting: str
     #: This run's record (optdse/deploy/runs.py), where helpers such as the network relay are noted too.
     run: Run
+    #: The server command line of the first replica, exactly as run ("" before the first apply).
+    server_command: str
 
     def apply(self, server: ServerConfig) -> list[Endpoint]:
         """Make the deployment match `server`; return its endpoints once every replica is ready."""

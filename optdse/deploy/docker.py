@@ -24,6 +24,7 @@ In both image modes the model is mounted read-only at /models/NAME, as tensorflo
 from __future__ import annotations
 
 import io
+import shlex
 import sys
 import tarfile
 import time
@@ -33,10 +34,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from optdse.config import ServerConfig
-from optdse.deploy.base import DeployError, Endpoint, ReplicaChecks, ResourceSample
+from optdse.deploy.base import DeployError, Endpoint, ReplicaChecks, ResourceSample, write_batching_file
 from optdse.deploy.cgroups import CFS_PERIOD_US, Cgroup, CgroupDriver
 from optdse.deploy.local import HOST, free_port, make_ready
 from optdse.deploy.runs import Run, run_owner_alive
+from optdse.knobs import CONTAINER_BATCHING_FILE, ServerKnobs
 
 HOST_PYTHON_IMAGE = "optdse/host-python:empty"
 LABEL_RUN, LABEL_REPLICA = "optdse.run", "optdse.replica"
@@ -134,16 +136,24 @@ class ServingImage:
         return {"host-python": f"{sys.prefix}/bin/optdse-serve", "optdse-serve": "optdse-serve",
                 "tensorflow-serving": "tensorflow_model_server"}[self.mode]
 
-    def serve_args(self, port: int | str, rest_port: int | str, model: str) -> list[str]:
-        """tensorflow_model_server's flags, which optdse-serve shares (plus --host)."""
+    def serve_args(self, port: int | str, rest_port: int | str, model: str,
+                   knobs: ServerKnobs = ServerKnobs()) -> list[str]:
+        """tensorflow_model_server's flags, which optdse-serve shares (plus --host); the
+        server's knobs too, their batching file at CONTAINER_BATCHING_FILE (see `mounts`)."""
         args = [f"--port={port}", f"--rest_api_port={rest_port}", f"--model_name={model}",
-                f"--model_base_path={self.model_path(model)}"]
+                f"--model_base_path={self.model_path(model)}", *knobs.flags(CONTAINER_BATCHING_FILE)]
         return args + [f"--host={HOST}"] if self.loopback_bind else args
 
-    def mounts(self, model: str) -> dict[str, dict[str, str]]:
+    def mounts(self, model: str, batching_file: Path | None = None) -> dict[str, dict[str, str]]:
+        """Read-only binds: the model (and for host-python this interpreter and project), and
+        the batching parameters file at CONTAINER_BATCHING_FILE when the knobs need one."""
         if self.mode == "host-python":
-            return host_python_mounts(self.model_base_path)
-        return {str(self.model_base_path.resolve()): {"bind": self.model_path(model), "mode": "ro"}}
+            binds = host_python_mounts(self.model_base_path)
+        else:
+            binds = {str(self.model_base_path.resolve()): {"bind": self.model_path(model), "mode": "ro"}}
+        if batching_file is not None:
+            binds[str(batching_file)] = {"bind": CONTAINER_BATCHING_FILE, "mode": "ro"}
+        return binds
 
 
 class Container:
@@ -155,16 +165,18 @@ class Container:
         self.cpus: float | None = None
         if image.loopback_bind:  # the server binds 127.0.0.1 on the host's network
             network: dict[str, Any] = {"network_mode": "host"}
-            args = image.serve_args(self.port, self.rest_port, server.model.name)
+            args = image.serve_args(self.port, self.rest_port, server.model.name, server.knobs)
         else:  # its own network namespace, its ports published on 127.0.0.1 only
             network = {"ports": {f"{image.CONTAINER_PORT}/tcp": (HOST, self.port),
                                  f"{image.CONTAINER_REST_PORT}/tcp": (HOST, self.rest_port)}}
-            args = image.serve_args(image.CONTAINER_PORT, image.CONTAINER_REST_PORT, server.model.name)
+            args = image.serve_args(image.CONTAINER_PORT, image.CONTAINER_REST_PORT, server.model.name, server.knobs)
+        #: The server's command line inside the container (what a trial records).
+        self.command = [image.executable, *args]
         memory = f"{server.memory_mb}m"
         self.container = client.containers.run(
             image.reference, args, entrypoint=[image.executable], detach=True, name=f"optdse-{run.run_id}-{name}",
             labels={LABEL_RUN: run.run_id, LABEL_REPLICA: name}, mem_limit=memory, memswap_limit=memory,
-            volumes=image.mounts(server.model.name), tmpfs={"/tmp": ""}, working_dir="/tmp",
+            volumes=image.mounts(server.model.name, write_batching_file(run, server.knobs)), tmpfs={"/tmp": ""}, working_dir="/tmp",
             environment={"PYTHONDONTWRITEBYTECODE": "1"}, **network)
         self.cgroup = container_cgroup(self.container.id)
         self._last_check = 0.0
@@ -248,8 +260,8 @@ class DockerBackend(ReplicaChecks):
 
     def apply(self, server: ServerConfig) -> list[Endpoint]:
         self._drop_killed()
-        if self.current is not None and self.current.model != server.model:
-            self._drop(self.replicas)
+        if self.current is not None and (self.current.model, self.current.knobs) != (server.model, server.knobs):
+            self._drop(self.replicas)  # a replica's model and knobs are its command line: start afresh
         if len(self.replicas) > server.replicas:
             self._drop(self.replicas[server.replicas:])
         for replica in list(self.replicas):
@@ -289,6 +301,12 @@ class DockerBackend(ReplicaChecks):
     def replica_ids(self) -> tuple[str, ...]:
         return tuple(r.container.id for r in self.replicas)
 
+    @property
+    def server_command(self) -> str:
+        """The first replica's server command line inside its container (the others differ
+        only in their ports)."""
+        return shlex.join(self.replicas[0].command) if self.replicas else ""
+
     def usage(self) -> ResourceSample:
         return ResourceSample(time=time.perf_counter(), cpu_seconds=tuple(r.cpu_seconds() for r in self.replicas),
                               memory_bytes=tuple(r.memory_bytes() for r in self.replicas))
@@ -320,7 +338,7 @@ def clean_stale_containers(live_runs: set[str]) -> list[str]:
 
 
 def remove_labelled(client: Any, whose: Callable[[str | None], bool]) -> list[str]:
-    """Remove the services and containers labelled with an optdse run id for which `whose`
+    """Remove the services, containers and Swarm configs labelled with an optdse run id for which `whose`
     is true; return their names. Services go first, or Swarm would replace the containers
     just removed. A backend's close sweeps its own run this way too: a container or service
     created as Ctrl-C arrived exists in the engine before the backend holds its id."""
@@ -337,6 +355,11 @@ def remove_labelled(client: Any, whose: Callable[[str | None], bool]) -> list[st
             except docker_errors().NotFound:  # a service's task, gone with its service
                 continue
             removed.append(container.name)
+    if client.info().get("Swarm", {}).get("ControlAvailable"):
+        for config in client.configs.list(filters={"label": LABEL_RUN}):  # batching files, once unused
+            if whose(config.attrs["Spec"].get("Labels", {}).get(LABEL_RUN)):
+                config.remove()
+                removed.append(config.name)
     return removed
 
 __all__ = ["HOST_PYTHON_IMAGE", "DockerBackend", "ServingImage", "clean_stale_containers", "docker_client", "remove_labelled"]

@@ -16,6 +16,7 @@ their memory, which `park_idle=False` gives back at the cost of restarts.
 
 from __future__ import annotations
 
+import shlex
 import signal
 import subprocess
 import sys
@@ -29,7 +30,7 @@ import psutil
 
 from optdse import signals
 from optdse.config import ServerConfig
-from optdse.deploy.base import DeployError, Endpoint, ReplicaChecks, ResourceSample
+from optdse.deploy.base import DeployError, Endpoint, ReplicaChecks, ResourceSample, write_batching_file
 from optdse.deploy.cgroups import Cgroup, CgroupDriver
 from optdse.deploy.runs import Run, remove_run_groups
 from optdse.protos import STATUS_AVAILABLE, get_model_status_pb2, model_service_pb2_grpc
@@ -107,19 +108,22 @@ def make_ready(replicas: Sequence[StartingReplica], server: ServerConfig, timeou
 class Replica:
     """One optdse-serve process, its port, its cgroup (or None) and its log."""
 
-    def __init__(self, name: str, model: str, model_base_path: Path, memory_mb: int,
-                 cgroup: Cgroup | None, run: Run) -> None:
-        self.name, self.model, self.cgroup, self.run = name, model, cgroup, run
+    def __init__(self, name: str, server: ServerConfig, model_base_path: Path, cgroup: Cgroup | None,
+                 run: Run) -> None:
+        self.name, self.model, self.cgroup, self.run = name, server.model.name, cgroup, run
         self.port = free_port()
         # REST is always on: the protocol is a client parameter, so a replica (parked ones
         # too) must serve whichever the next trial speaks; an idle listener costs next to no
         # CPU. The gRPC port is not bound yet, so free_port() could hand it out again.
         self.rest_port = next(port for port in iter(free_port, None) if port != self.port)
-        self.memory_mb = memory_mb
+        self.memory_mb = server.memory_mb
         self.cpus: float | None = None
         self.log_path = run.directory / f"{name}.log"
-        command = [*serve_command(), f"--port={self.port}", f"--rest_api_port={self.rest_port}", f"--host={HOST}",
-                   f"--model_name={model}", f"--model_base_path={model_base_path}"]
+        #: optdse-serve's own command line (what a trial records), before the cgroup wrapper.
+        self.command = [*serve_command(), f"--port={self.port}", f"--rest_api_port={self.rest_port}", f"--host={HOST}",
+                        f"--model_name={self.model}", f"--model_base_path={model_base_path}",
+                        *server.knobs.flags(str(write_batching_file(run, server.knobs) or ""))]
+        memory_mb, command = server.memory_mb, self.command
         if cgroup is not None:
             cgroup.create()
             cgroup.set_cpus(None)
@@ -254,8 +258,8 @@ class LocalBackend(ReplicaChecks):
 
     def apply(self, server: ServerConfig) -> list[Endpoint]:
         self._drop_killed()
-        if self.current is not None and self.current.model != server.model:
-            self._stop_all()
+        if self.current is not None and (self.current.model, self.current.knobs) != (server.model, server.knobs):
+            self._stop_all()  # a replica's model and knobs are its command line: start afresh
         if len(self.replicas) > server.replicas:
             surplus = self.replicas[server.replicas:]
             del self.replicas[server.replicas:]
@@ -291,7 +295,7 @@ class LocalBackend(ReplicaChecks):
                 name = f"replica-{self._next_index}"
                 self._next_index += 1
                 cgroup = self.driver.group(self.run.run_id, name) if self.driver else None
-                started.append(Replica(name, server.model.name, self.model_base_path, server.memory_mb, cgroup, self.run))
+                started.append(Replica(name, server, self.model_base_path, cgroup, self.run))
             make_ready(started, server, self.ready_timeout)
         except BaseException:
             stop_replicas(started)
@@ -300,6 +304,11 @@ class LocalBackend(ReplicaChecks):
 
     def replica_ids(self) -> tuple[str, ...]:
         return tuple(str(r.process.pid) for r in self.replicas)
+
+    @property
+    def server_command(self) -> str:
+        """The first replica's command line, as run (the others differ only in their ports)."""
+        return shlex.join(self.replicas[0].command) if self.replicas else ""
 
     def usage(self) -> ResourceSample:
         now = time.perf_counter()

@@ -39,6 +39,7 @@ from optdse.deploy.docker import (LABEL_RUN, ServingImage, container_cgroup, doc
                                   remove_labelled)
 from optdse.deploy.local import HOST, wait_available
 from optdse.deploy.runs import Run
+from optdse.knobs import CONTAINER_BATCHING_FILE, ServerKnobs
 
 PORT_RANGE = range(20000, 30000, 100)  # a base port per service; slots take base+1 .. base+49 (gRPC)
 REST_OFFSET = 50                       # and base+51 .. base+99 (REST)
@@ -159,6 +160,7 @@ class SwarmBackend:
         self.ready_timeout = ready_timeout
         self.run = Run.start()
         self.service: Any = None
+        self.server_command = ""  # as each task runs it, with the slot's arithmetic in its ports
         self.current: ServerConfig | None = None
         self.base_port = 0
         self._tasks: list[tuple[int, str, Cgroup | EngineStats]] = []  # (slot, container id, meter) of running tasks
@@ -172,7 +174,9 @@ class SwarmBackend:
         """Everything a service create or update needs (the SDK's update replaces the whole spec)."""
         from docker.types import Mount, Resources, RestartPolicy, ServiceMode, UpdateConfig
 
-        serve = shlex.join([self.image.executable, *self.image.serve_args("PORT", "REST_PORT", server.model.name)])
+        serve = shlex.join([self.image.executable,
+                            *self.image.serve_args("PORT", "REST_PORT", server.model.name, server.knobs)])
+        self.server_command = serve
         serve = "exec " + serve.replace("--port=PORT", f"--port=$(({self.base_port} + SLOT))").replace(
             "--rest_api_port=REST_PORT", f"--rest_api_port=$(({self.base_port + REST_OFFSET} + SLOT))").replace(
             f"--host={HOST}", "--host=$BIND")
@@ -188,6 +192,7 @@ class SwarmBackend:
             "labels": {LABEL_RUN: self.run.run_id}, "container_labels": {LABEL_RUN: self.run.run_id},
             "env": ["SLOT={{.Task.Slot}}", "NODE_ID={{.Node.ID}}", f"NODE_ADDRESSES={addresses}",
                     "PYTHONDONTWRITEBYTECODE=1"], "mounts": mounts, "workdir": "/",
+            "configs": self._batching_config(server.knobs),
             "constraints": [f"node.labels.{SERVE_LABEL}==true"] if serving else [],
             "networks": ["host"], "mode": ServiceMode("replicated", replicas=server.replicas),
             "resources": Resources(cpu_limit=int(server.cpus * 1e9), mem_limit=memory),
@@ -196,6 +201,20 @@ class SwarmBackend:
             "update_config": UpdateConfig(parallelism=0, delay=0, order="stop-first"),
             "stop_grace_period": 2 * 10**9,
         }
+
+    def _batching_config(self, knobs: ServerKnobs) -> list[Any]:
+        """The batching parameters file as a Swarm config (labelled with the run), which Swarm
+        hands to tasks on any node at CONTAINER_BATCHING_FILE; [] when the knobs need none."""
+        from docker.types import ConfigReference
+
+        text = knobs.batching_file()
+        if text is None:
+            return []
+        name = f"optdse-{self.run.run_id}-{knobs.batching_file_name().removesuffix('.txt')}"
+        found = self.client.configs.list(filters={"name": name})
+        config = found[0] if found else self.client.configs.create(name=name, data=text.encode(),
+                                                                    labels={LABEL_RUN: self.run.run_id})
+        return [ConfigReference(config.id, name, filename=CONTAINER_BATCHING_FILE)]
 
     def apply(self, server: ServerConfig) -> list[Endpoint]:
         if server.replicas >= REST_OFFSET:

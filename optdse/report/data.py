@@ -241,7 +241,10 @@ def cheapest_line(study: optuna.Study) -> str:
     return (f"Cheapest configuration meeting the SLO ({', '.join(names)}): trial {best.number}, {setting}: "
             f"{a['cost_cores']:g} cores and {a.get('cost_memory_mb', 0):g} MB reserved; p99 {a['p99_ms']:.2f} ms, "
             f"ART {a['art_ms']:.2f} ms, {a['throughput_rps']:.0f} req/s, {a.get('cpu_ms_per_request', 0):.3f} ms "
-            f"of CPU per request ({len(feasible)} of {len(complete)} measured trials met the SLO).")
+            f"of CPU per request ({len(feasible)} of {len(complete)} measured trials met the SLO). "
+            f"Server: {a.get('server_command', '?')}"
+            + (f" with batching file {a['batching_parameters'].strip()!r}" if a.get("batching_parameters") else "")
+            + ".")
 
 
 def model_line(study: optuna.Study) -> str:

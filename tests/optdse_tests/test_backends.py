@@ -22,6 +22,7 @@ from optdse.deploy.docker import LABEL_RUN, DockerBackend
 from optdse.deploy.local import LocalBackend, wait_available
 from optdse.deploy.runs import state_dir
 from optdse.deploy.swarm import SwarmBackend
+from optdse.knobs import ServerKnobs
 from optdse.models import builtin
 from tests.optdse_tests.conftest import listens_on_loopback_only, require_docker
 from tests.serving_process import optdse_command
@@ -40,7 +41,8 @@ def leftovers(backend: Backend, ids: tuple[str, ...]) -> list[str]:
         label = {"label": f"{LABEL_RUN}={backend.run.run_id}"}
         services = backend.client.services.list(filters=label) if isinstance(backend, SwarmBackend) else []
         containers = backend.client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={backend.run.run_id}"})
-        return ([s.name for s in services] + [c.name for c in containers]
+        configs = backend.client.configs.list(filters=label) if isinstance(backend, SwarmBackend) else []
+        return ([s.name for s in services] + [c.name for c in containers] + [c.name for c in configs]
                 + ([str(backend.run.directory)] if backend.run.directory.exists() else []))
     raise NotImplementedError(type(backend).__name__)
 
@@ -72,8 +74,20 @@ def backend(request: pytest.FixtureRequest, mnist_base_path: Path, cgroup_driver
     assert leftovers(made, ()) == []
 
 
-def config(replicas: int = 1, cpus: float = 0.5, memory_mb: int = 1000) -> ServerConfig:
-    return ServerConfig(model=builtin("mnist"), replicas=replicas, cpus=cpus, memory_mb=memory_mb)
+def config(replicas: int = 1, cpus: float = 0.5, memory_mb: int = 1000, knobs: ServerKnobs = ServerKnobs()) -> ServerConfig:
+    return ServerConfig(model=builtin("mnist"), replicas=replicas, cpus=cpus, memory_mb=memory_mb, knobs=knobs)
+
+
+def replica_logs(backend: Backend) -> list[str]:
+    """What each running replica has logged so far."""
+    if isinstance(backend, LocalBackend):
+        return [replica.log_path.read_text() for replica in backend.replicas]
+    if isinstance(backend, DockerBackend):
+        return [replica.container.logs().decode() for replica in backend.replicas]
+    if isinstance(backend, SwarmBackend):
+        label = {"label": f"{LABEL_RUN}={backend.run.run_id}", "status": "running"}
+        return [container.logs().decode() for container in backend.client.containers.list(filters=label)]
+    raise NotImplementedError(type(backend).__name__)
 
 
 class TestBackendContract:
@@ -159,6 +173,28 @@ class TestBackendContract:
         assert backend.replica_ids() == ()
         endpoints = backend.apply(config(replicas=1, memory_mb=1000))
         wait_available(endpoints[0].target, "mnist", timeout=5)
+
+    def test_server_knobs_reach_every_replica_and_a_change_starts_them_afresh(self, backend: Backend) -> None:
+        """Same names, same effect everywhere: each replica's server logs the settings it read
+        from its flags and batching file (a host file, a read-only bind, or a Swarm config),
+        the backend reports the command line it ran, and other knobs mean new replicas."""
+        knobs = ServerKnobs(enable_batching=True, max_batch_size=16, batch_timeout_micros=700, num_batch_threads=1,
+                            max_enqueued_batches=3, tensorflow_intra_op_parallelism=1,
+                            tensorflow_inter_op_parallelism=2, grpc_max_threads=7)
+        backend.apply(config(replicas=2, knobs=knobs))
+        settings = ("settings: enable_batching=true max_batch_size=16 batch_timeout_micros=700 num_batch_threads=1 "
+                    "max_enqueued_batches=3 tensorflow_intra_op_parallelism=1 tensorflow_inter_op_parallelism=2 "
+                    "grpc_max_threads=7")
+        logs = replica_logs(backend)
+        assert len(logs) == 2 and all(settings in log for log in logs), logs
+        assert "--enable_batching=true --batching_parameters_file=" in backend.server_command
+        assert backend.server_command.endswith("--grpc_max_threads=7") or "--grpc_max_threads=7 " in backend.server_command
+        first = set(backend.replica_ids())
+        backend.apply(config(replicas=2))
+        assert not first & set(backend.replica_ids()), "new knobs reused a replica started with the old ones"
+        logs = replica_logs(backend)
+        assert len(logs) == 2 and all("settings: enable_batching=false" in log for log in logs), logs
+        assert "--enable_batching" not in backend.server_command
 
     def test_state_is_recorded_for_clean_while_running(self, backend: Backend) -> None:
         backend.apply(config())

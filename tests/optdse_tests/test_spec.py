@@ -83,7 +83,7 @@ BAD_STUDIES = [
     ({"constraints": "{p99: 5}"}, "constraints.p99", "unknown key; allowed: p99_ms, p95_ms, art_ms, error_rate"),
     ({"constraints": "{p99_ms: 0}"}, "constraints.p99_ms", "greater than 0"),
     ({"stability": "{tolerance: 10%}"}, "stability.tolerance", "valid number"),
-    ({"enqueue": "[{delay_ms: 5}]"}, "enqueue.0.delay_ms", "the search space has no network block"),
+    ({"enqueue": "[{delay_ms: 5}]"}, "enqueue.0.delay_ms", "the search space does not define delay_ms"),
 ]
 
 BAD_SPACES = [
@@ -98,6 +98,13 @@ BAD_SPACES = [
     (SPACE + "network:\n  drop: {value: 1}\n", "network.drop", "'delay_ms', 'jitter_ms' or 'loss_pct'"),
     (SPACE + "  rate_rps:  {low: 10, high: 100}\n", "parameters", "threads (a closed loop) and rate_rps (an open loop)"),
     (SPACE.replace("  threads:   {low: 1, high: 4}\n", ""), "parameters", "missing threads"),
+    (SPACE + "server:\n  max_batch_size: {low: 1, high: 64}\n", "server.max_batch_size",
+     "a batching parameter; it needs enable_batching in the block"),
+    (SPACE + "server:\n  enable_batching: {choices: [0, 2]}\n", "server.enable_batching", "value 0 or 1, or choices"),
+    (SPACE + "server:\n  grpc_max_threads: {low: 0, high: 8}\n", "server.grpc_max_threads", "whole numbers >= 1"),
+    (SPACE + "server:\n  batch_size: {value: 8}\n", "server.batch_size", "'enable_batching'"),
+    (SPACE + "server:\n  num_batch_threads: {choices: [1, 1]}\n", "server.num_batch_threads.choices",
+     "must be distinct"),
 ]
 
 

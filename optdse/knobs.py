@@ -1,0 +1,121 @@
+"""The server's own knobs: batching and thread pools, under TF Serving's flag names.
+
+A knob left at None is not passed, so the server keeps its own default. optdse-serve and
+tensorflow_model_server read the same flags and the same text-format BatchingParameters file,
+so one `ServerKnobs` means the same on every backend:
+
+- `enable_batching` -> `--enable_batching`;
+- `max_batch_size`, `batch_timeout_micros`, `num_batch_threads`, `max_enqueued_batches` -> the
+  batching parameters file (`--batching_parameters_file`), written by the backend and mounted
+  read-only in containers; they mean something only with batching on, so a study suggests them
+  only then (optdse/space.py) and they are an error without it;
+- `tensorflow_intra_op_parallelism`, `tensorflow_inter_op_parallelism`, `grpc_max_threads` -> flags.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, fields
+
+#: Every knob, with what it does and its smallest allowed value.
+KNOBS: dict[str, tuple[str, int]] = {
+    "enable_batching": ("merge concurrent requests into one model call (0 or 1)", 0),
+    "max_batch_size": ("most rows in one merged call", 1),
+    "batch_timeout_micros": ("longest a request waits for others to join its batch, us", 0),
+    "num_batch_threads": ("batches run at once", 1),
+    "max_enqueued_batches": ("full batches that may wait before new requests are refused", 1),
+    "tensorflow_intra_op_parallelism": ("threads one TensorFlow op may use (0: TensorFlow decides)", 0),
+    "tensorflow_inter_op_parallelism": ("TensorFlow ops run at once (0: TensorFlow decides)", 0),
+    "grpc_max_threads": ("gRPC handler threads (optdse-serve: each in-flight request holds one)", 1),
+}
+#: The knobs that live in the batching parameters file, and mean nothing with batching off.
+BATCHING_KNOBS = ("max_batch_size", "batch_timeout_micros", "num_batch_threads", "max_enqueued_batches")
+#: Where containers find the batching parameters file (mounted read-only).
+CONTAINER_BATCHING_FILE = "/models/batching_parameters.txt"  # beside /models/NAME, as TF Serving's docs put it
+
+
+class KnobError(ValueError):
+    """An impossible value or combination of knobs: `knob` is the one at fault."""
+
+    def __init__(self, knob: str, message: str) -> None:
+        super().__init__(f"{knob}: {message}")
+        self.knob, self.message = knob, message
+
+
+@dataclass(frozen=True)
+class ServerKnobs:
+    """One setting of the server's knobs; None: the server's own default."""
+
+    enable_batching: bool = False
+    max_batch_size: int | None = None
+    batch_timeout_micros: int | None = None
+    num_batch_threads: int | None = None
+    max_enqueued_batches: int | None = None
+    tensorflow_intra_op_parallelism: int | None = None
+    tensorflow_inter_op_parallelism: int | None = None
+    grpc_max_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, (_, minimum) in KNOBS.items():
+            value = getattr(self, name)
+            if value is not None and int(value) < minimum:
+                raise KnobError(name, f"must be >= {minimum} (got {value})")
+        given = [name for name in BATCHING_KNOBS if getattr(self, name) is not None]
+        if given and not self.enable_batching:
+            raise KnobError(given[0], "a batching parameter, it needs enable_batching")
+
+    @classmethod
+    def of(cls, values: dict[str, float]) -> ServerKnobs:
+        """The knobs among a configuration's values (other names are ignored)."""
+        known = {name: values[name] for name in KNOBS if values.get(name) is not None}
+        return cls(**{name: bool(value) if name == "enable_batching" else int(value) for name, value in known.items()})
+
+    def set(self) -> dict[str, int | bool]:
+        """The knobs given, by name (what a trial records)."""
+        return {name: value for name, value in asdict(self).items()
+                if value is not None and not (name == "enable_batching" and not value)}
+
+    def batching_file(self) -> str | None:
+        """The text-format BatchingParameters file these knobs need, or None (batching off, or
+        on at the server's defaults)."""
+        lines = [f"{name} {{ value: {getattr(self, name)} }}" for name in BATCHING_KNOBS
+                 if getattr(self, name) is not None]
+        return "\n".join(lines) + "\n" if lines else None
+
+    def batching_file_name(self) -> str:
+        """A file name unique to this file's content, so replicas of one setting share it."""
+        digest = hashlib.sha256((self.batching_file() or "").encode()).hexdigest()[:12]
+        return f"batching-{digest}.txt"
+
+    def flags(self, batching_path: str) -> list[str]:
+        """The server's flags for these knobs; `batching_path` is where the server will find
+        the batching file (written by the backend) when there is one."""
+        flags = []
+        if self.enable_batching:
+            flags.append("--enable_batching=true")
+            if self.batching_file() is not None:
+                flags.append(f"--batching_parameters_file={batching_path}")
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name not in BATCHING_KNOBS and field.name != "enable_batching" and value is not None:
+                flags.append(f"--{field.name}={value}")
+        return flags
+
+    def describe(self) -> str:
+        """"batching (max 16 rows, 500 us), 2 intra-op threads" or "" for the defaults."""
+        parts = []
+        if self.enable_batching:
+            details = [f"{label} {getattr(self, name)}{unit}" for name, label, unit in (
+                ("max_batch_size", "max", " rows"), ("batch_timeout_micros", "timeout", " us"),
+                ("num_batch_threads", "threads", ""), ("max_enqueued_batches", "queue", ""))
+                if getattr(self, name) is not None]
+            parts.append("batching" + (f" ({', '.join(details)})" if details else ""))
+        for name, label in (("tensorflow_intra_op_parallelism", "intra-op threads"),
+                            ("tensorflow_inter_op_parallelism", "inter-op threads"),
+                            ("grpc_max_threads", "gRPC threads")):
+            if getattr(self, name) is not None:
+                parts.append(f"{getattr(self, name)} {label}")
+        return ", ".join(parts)
+
+
+__all__ = ["BATCHING_KNOBS", "CONTAINER_BATCHING_FILE", "KNOBS", "KnobError", "ServerKnobs"]
