@@ -105,10 +105,15 @@ class Config:
     server: ServerConfig
     client: ClientConfig
 
-    def describe(self) -> str:
-        s, c = self.server, self.client
+    def server_describe(self) -> str:
+        """"2 x mnist (0.5 CPU, 1000 MB, batching (max 16 rows))": what is deployed."""
+        s = self.server
         knobs = s.knobs.describe()
-        return (f"{s.replicas} x {s.model.name} ({s.cpus:g} CPU, {s.memory_mb} MB{', ' + knobs if knobs else ''}), "
+        return f"{s.replicas} x {s.model.name} ({s.cpus:g} CPU, {s.memory_mb} MB{', ' + knobs if knobs else ''})"
+
+    def describe(self) -> str:
+        c = self.client
+        return (f"{self.server_describe()}, "
                 + (f"{c.threads} threads" if c.rate_rps is None else f"{c.rate_rps:g} req/s {c.arrival}")
                 + f", file size {c.file_size}"
                 + (f", {c.describe_length()}" if c.describe_length() else "")

@@ -61,6 +61,14 @@ def trial_note(config: Config, result: Measurement) -> str:
                         f"coefficient of variation ART {result.art_cv:.1%}, ACU {result.acu_cv:.1%}.\n")
     if result.replicas_killed:
         lines.append(f"| chaos | killed {', '.join(result.replicas_killed)} during the load |")
+    if result.scenarios:
+        lines[0] = f"## {config.server_describe()}"
+        lines.insert(2, f"Measured under {len(result.scenarios)} workload scenarios; figures are the "
+                        f"{'worst scenario' if result.aggregate == 'worst' else 'mean'} of each "
+                        "(the error rate the worst), the rest from the slowest.\n")
+        lines += ["", "| scenario | ART | p99 | throughput | ACU | errors |", "|---|---|---|---|---|---|"]
+        lines += [f"| {s['name']} | {s['art_ms']:.3f} ms | {s['p99_ms']:.3f} ms | {s['throughput_rps']:.1f} req/s | "
+                  f"{s['acu_cores']:.3f} cores | {s['error_rate']:.2%} |" for s in result.scenarios]
     lines += [f"\n**Warning:** {warning}" for warning in result.warnings]
     return "\n".join(lines)
 

@@ -145,6 +145,8 @@ class Measurement:
     server_command: str = ""      # the first replica's server command line, exactly as run
     server_knobs: dict[str, int | bool] = field(default_factory=dict)  # the knobs given (optdse/knobs.py)
     batching_parameters: str = ""  # the batching parameters file the server read ("": none)
+    scenarios: list[dict[str, object]] = field(default_factory=list)  # under a workload's scenarios: each one's figures
+    aggregate: str = ""           # how the scenarios' figures became these: worst or mean ("": one scenario)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -259,6 +261,37 @@ def combine_repeats(results: list[Measurement]) -> Measurement:
                     error_codes={code: sum(r.error_codes.get(code, 0) for r in results)
                                  for r in results for code in r.error_codes})
     return replace(first, **combined)
+
+
+#: Each scenario's figures a trial keeps beside their aggregate.
+SCENARIO_FIGURES = ("art_ms", "p95_ms", "p99_ms", "throughput_rps", "acu_cores", "error_rate", "cpu_ms_per_request",
+                    "offered_rps", "late_fraction", "stable")
+
+
+def combine_scenarios(results: list[Measurement], names: list[str], aggregate: str,
+                      directions: dict[str, str]) -> Measurement:
+    """One configuration measured under each of a workload's scenarios, as one trial's figures.
+
+    Each figure with a direction (`directions`: spec.METRICS) is the worst scenario's (the
+    largest latency or cost, the smallest throughput) with `aggregate` "worst", or the mean
+    with "mean"; the error rate and late sends are always the worst, stable and kept-up only
+    if every scenario was, and counts add up, so a constraint holds for the trial only if it
+    held under every scenario. The rest (histogram, windows, time series) is the scenario
+    slowest on ART, and `scenarios` keeps each one's own figures by name."""
+    combined: dict[str, object] = {}
+    for name, direction in directions.items():
+        values = [float(getattr(r, name)) for r in results]
+        worst = max(values) if direction == "minimize" else min(values)
+        combined[name] = worst if aggregate == "worst" else float(np.mean(values))
+    combined.update(
+        requests_sent=sum(r.requests_sent for r in results), errors=sum(r.errors for r in results),
+        error_rate=max(r.error_rate for r in results), late_fraction=max(r.late_fraction for r in results),
+        late_sends=sum(r.late_sends for r in results), late_max_ms=max(r.late_max_ms for r in results),
+        generator_kept_up=all(r.generator_kept_up for r in results), stable=all(r.stable for r in results),
+        mem_peak_mb=max(r.mem_peak_mb for r in results), aggregate=aggregate,
+        scenarios=[{"name": name, **{figure: getattr(r, figure) for figure in SCENARIO_FIGURES}}
+                   for name, r in zip(names, results, strict=True)])
+    return replace(max(results, key=lambda r: r.art_ms), **combined)
 
 
 #: Buckets per time series: enough to see a warm-up of a tenth of the run.

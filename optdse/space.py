@@ -45,9 +45,15 @@ def active(values: dict[str, float]) -> dict[str, float]:
 
 
 def suggest(trial: BaseTrial, study: Study) -> Config:
-    """Ask the sampler for one configuration of the study's space. The batching parameters
-    are suggested only when enable_batching is on (Optuna's conditional search space), so no
-    sampler learns from values the server never saw."""
+    """One configuration of the study's space from the sampler (under the workload's first
+    scenario, where it has several)."""
+    return suggest_scenarios(trial, study)[0][1]
+
+
+def suggest_scenarios(trial: BaseTrial, study: Study) -> list[tuple[str, Config]]:
+    """Ask the sampler for one configuration of the study's space, under each of the study's
+    workload scenarios. The batching parameters are suggested only when enable_batching is on
+    (Optuna's conditional search space), so no sampler learns from values the server never saw."""
     values: dict[str, float] = dict(fixed_values(study))
     for name, d in distributions(study).items():
         if name in BATCHING_KNOBS and not values.get("enable_batching"):
@@ -59,10 +65,24 @@ def suggest(trial: BaseTrial, study: Study) -> Config:
         else:
             assert isinstance(d, FloatDistribution)
             values[name] = trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
-    return to_config(active(values), study)
+    return scenarios(active(values), study)
+
+
+def scenarios(values: dict[str, float], study: Study) -> list[tuple[str, Config]]:
+    """The configuration under each of the study's workload scenarios, by name: the searched
+    `values` with the workload's own ("" and one configuration without scenarios)."""
+    workload = study.spec.workload
+    if workload is None:
+        return [("", _config(values, study))]
+    return [(name, _config(values | load, study)) for name, load in workload.resolved()]
 
 
 def to_config(values: dict[str, float], study: Study) -> Config:
+    """The configuration of `values` (under the workload's first scenario, where it has several)."""
+    return scenarios(values, study)[0][1]
+
+
+def _config(values: dict[str, float], study: Study) -> Config:
     spec = study.spec
     server = ServerConfig(model=study.model, replicas=int(values["replicas"]), cpus=float(values["cpus"]),
                           memory_mb=int(values["memory_mb"]), knobs=ServerKnobs.of(active(values)))
@@ -79,4 +99,4 @@ def to_config(values: dict[str, float], study: Study) -> Config:
     return Config(server=server, client=client)
 
 
-__all__ = ["active", "distributions", "fixed_values", "suggest", "to_config"]
+__all__ = ["active", "distributions", "fixed_values", "scenarios", "suggest", "suggest_scenarios", "to_config"]

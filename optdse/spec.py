@@ -143,11 +143,6 @@ class SearchSpace(_Strict):
         if "rate_rps" in self.parameters and "threads" in self.parameters:
             raise ValueError("parameters: threads (a closed loop) and rate_rps (an open loop) exclude each other; "
                              "give one")
-        missing = sorted(set(PARAMETERS) - set(self.parameters) - ({"threads"} if "rate_rps" in self.parameters
-                                                                     else set()))
-        if missing:
-            raise ValueError(f"parameters: missing {', '.join(missing)}; a space defines all of "
-                             f"{', '.join(PARAMETERS)} (or rate_rps instead of threads)")
         minimum = {"threads": 1, "file_size": 1, "replicas": 1, "cpus": 0.01, "memory_mb": 16, "rate_rps": 0.1}
         for name, dist in self.parameters.items():
             low = dist.low if isinstance(dist, Range) else dist.value
@@ -178,6 +173,60 @@ class SearchSpace(_Strict):
         if needs and (batching is None or not any(_values(batching))):
             raise ValueError(f"server.{needs}: a batching parameter; it needs enable_batching in the block "
                              "(value: 1, or choices: [0, 1])")
+
+
+class _Load(_Strict):
+    """The client side of a configuration, given by the study rather than searched."""
+
+    threads: Annotated[int, Field(ge=1)] | None = Field(None, description="closed-loop client threads")
+    rate_rps: Annotated[float, Field(gt=0)] | None = Field(None, description="open loop: requests offered per second")
+    file_size: Annotated[int, Field(ge=1)] | None = Field(None, description="what one request carries")
+    delay_ms: Annotated[float, Field(ge=0, le=60_000)] | None = None
+    jitter_ms: Annotated[float, Field(ge=0, le=60_000)] | None = None
+    loss_pct: Annotated[float, Field(ge=0, le=100)] | None = None
+
+    @model_validator(mode="after")
+    def _one_loop(self) -> _Load:
+        if self.threads is not None and self.rate_rps is not None:
+            raise ValueError("threads (a closed loop) and rate_rps (an open loop) exclude each other; give one")
+        return self
+
+    def values(self) -> dict[str, float]:
+        """The parameters it sets."""
+        return {key: getattr(self, key) for key in _Load.model_fields if getattr(self, key) is not None}
+
+
+class Scenario(_Load):
+    """One load a configuration must carry; what it leaves out comes from the workload block."""
+
+    name: str | None = Field(None, description="how reports name it (default: its load)")
+
+
+class Workload(_Load):
+    """The load every configuration is measured under, apart from what the operator chooses:
+    fixed values, or `scenarios` (each taking what it leaves out from here), whose figures are
+    aggregated per objective: the worst scenario's (default) or their mean."""
+
+    scenarios: Annotated[list[Scenario], Field(max_length=8)] = Field(
+        default_factory=list, description="loads every configuration is measured under, in turn")
+    aggregate: Literal["worst", "mean"] = Field(
+        "worst", description="how the scenarios' figures become the trial's: each figure's worst, or the mean")
+
+    def resolved(self) -> list[tuple[str, dict[str, float]]]:
+        """Each scenario's name and parameters, what it leaves out taken from the block (a
+        scenario's own threads or rate_rps replaces the block's loop); one unnamed scenario
+        when there are none."""
+        if not self.scenarios:
+            return [("", self.values())]
+        result = []
+        for scenario in self.scenarios:
+            own = scenario.values()
+            base = {k: v for k, v in self.values().items()
+                    if not ({"threads", "rate_rps"} & set(own) and k in ("threads", "rate_rps"))}
+            values = base | own
+            name = scenario.name or ", ".join(f"{k} {v:g}" for k, v in own.items())
+            result.append((name, values))
+        return result
 
 
 class Objective(_Strict):
@@ -304,6 +353,8 @@ class StudySpec(_Strict):
         0.01, description="trials with a higher error rate are infeasible (an Optuna constraint)")
     constraints: Constraints = Field(default_factory=lambda: Constraints(),
                                      description="service-level objectives a feasible trial meets")
+    workload: Workload | None = Field(None, description="the load (and file size, network) every configuration "
+                                                        "must carry; the search space then holds only knobs")
     deadline_ms: Annotated[float, Field(gt=0, le=3_600_000)] = Field(
         30_000, description="per-request deadline; a later answer is an error (DEADLINE_EXCEEDED)")
     retries: Annotated[int, Field(ge=0, le=10)] = Field(
@@ -403,9 +454,12 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     loc = tuple(part for part in loc if part not in _TAGS)
     if len(loc) == 1:
         return f"; allowed: {', '.join(model.model_fields)}"
-    nested = {"chaos": Chaos, "sampler": Sampler, "model": ModelBlock, "constraints": Constraints, "stability": Stability}
+    nested = {"chaos": Chaos, "sampler": Sampler, "model": ModelBlock, "constraints": Constraints,
+              "stability": Stability, "workload": Workload}
     if model is StudySpec and len(loc) == 2 and loc[0] in nested:
         return f"; allowed: {', '.join(nested[loc[0]].model_fields)}"
+    if model is StudySpec and len(loc) == 4 and loc[:2] == ("workload", "scenarios"):
+        return f"; allowed: {', '.join(Scenario.model_fields)}"
     if model is SearchSpace and len(loc) == 2 and loc[0] == "network":
         return f"; allowed: {', '.join(NETWORK_PARAMETERS)}"
     if model is SearchSpace and len(loc) == 2 and loc[0] == "server":
@@ -466,6 +520,7 @@ def load_study(name_or_path: str) -> Study:
     spec: StudySpec = _validate(StudySpec, path)
     space_path = find_search_space(path, spec.search_space)
     space: SearchSpace = _validate(SearchSpace, space_path)
+    _workload_and_space_complete(path, space_path, spec.workload, space)
     for i, point in enumerate(spec.enqueue):
         for name, value in point.items():
             if name not in space.dimensions:
@@ -483,6 +538,32 @@ def load_study(name_or_path: str) -> Study:
     return Study(name=path.stem, path=path, spec=spec, space=space, model=_model(path, spec.model))
 
 
+def _workload_and_space_complete(path: Path, space_path: Path, workload: Workload | None, space: SearchSpace) -> None:
+    """Between them the workload and the space give every parameter once: what the workload
+    fixes is not searched, and each scenario has a loop (threads or rate_rps) and a file size."""
+    scenarios = workload.resolved() if workload else [("", {})]
+    given = set().union(*(set(values) for _, values in scenarios))
+    loop = {"threads", "rate_rps"}  # two ways of giving one thing, the load
+    clash = next(((g, d) for g in sorted(given) for d in space.dimensions if g == d or {g, d} <= loop), None)
+    if clash:
+        name, dimension = clash
+        block = "network" if dimension in NETWORK_PARAMETERS else "parameters"
+        raise SpecError(f"{path}: workload.{name}: the search space {space_path.name} gives "
+                        f"{'the load' if name in loop else 'it'} too ({block}.{dimension}); a space beside a "
+                        "workload holds only what the operator chooses")
+    for i, (name, values) in enumerate(scenarios):
+        have = set(space.parameters) | set(values)
+        missing = sorted(set(PARAMETERS) - have - ({"threads"} if "rate_rps" in have else set()))
+        if not missing:
+            continue
+        if workload is None:
+            raise SpecError(f"{space_path}: parameters: missing {', '.join(missing)}; a space defines all of "
+                            f"{', '.join(PARAMETERS)} (or rate_rps instead of threads)")
+        where = f"workload.scenarios.{i}" if workload.scenarios else "workload"
+        raise SpecError(f"{path}: {where}: {missing[0]} is neither in it nor in the search space "
+                        f"{space_path.name}; one of them gives {', '.join(missing)}")
+
+
 def _model(path: Path, given: str | ModelBlock) -> Model:
     """The study's model from the registry; a user's is checked now (SavedModel, signature,
     request file, size_axis), so a mistake stops the study before anything is deployed."""
@@ -496,5 +577,5 @@ def _model(path: Path, given: str | ModelBlock) -> Model:
         raise SpecError(f"{path}: model.{error.key}: {error}") from None
 
 
-__all__ = ["SERVER_PARAMETERS", "Choice", "ALL_PARAMETERS", "LOAD_PARAMETERS", "METRICS", "NETWORK_PARAMETERS", "ModelBlock", "PARAMETERS", "Chaos", "Fixed", "Range", "SearchSpace", "SpecError", "Study", "StudySpec",
+__all__ = ["SERVER_PARAMETERS", "Choice", "Scenario", "Workload", "ALL_PARAMETERS", "LOAD_PARAMETERS", "METRICS", "NETWORK_PARAMETERS", "ModelBlock", "PARAMETERS", "Chaos", "Fixed", "Range", "SearchSpace", "SpecError", "Study", "StudySpec",
            "find_search_space", "find_study_file", "load_study"]

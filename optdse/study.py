@@ -38,11 +38,11 @@ from optdse.config import GRACE_HEARTBEATS, HEARTBEAT_S, Config
 from optdse.dashboard import failure_note, save_hypervolume_plot, trial_note
 from optdse.deploy.base import Backend, DeployError
 from optdse.deploy.runs import live_process, other_live_runs
-from optdse.measurement import MAX_LATE_FRACTION, Measurement, combine_repeats
+from optdse.measurement import MAX_LATE_FRACTION, Measurement, combine_repeats, combine_scenarios
 from optdse.objective import MeasureError, measure
 from optdse.knobs import BATCHING_KNOBS
-from optdse.space import active, fixed_values, suggest
-from optdse.spec import Study, StudySpec
+from optdse.space import active, fixed_values, suggest_scenarios
+from optdse.spec import METRICS, Study, StudySpec
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
 
@@ -206,9 +206,14 @@ def run_trial(optuna_study: optuna.Study, study: Study, backend: Backend) -> Tri
 def _measure_trial(optuna_study: optuna.Study, trial: optuna.Trial, study: Study, backend: Backend) -> TrialOutcome:
     config: Config | None = None
     try:  # from here on, whatever happens is recorded on the trial
-        config = _configure(trial, study, backend)
-        repeats = [measure(backend, config) for _ in range(study.spec.repeats)]
-        result: Measurement = repeats[0] if len(repeats) == 1 else combine_repeats(repeats)
+        configs = _configure(trial, study, backend)
+        results = []
+        for _, config in configs:  # each workload scenario in turn, on the same deployment
+            repeats = [measure(backend, config) for _ in range(study.spec.repeats)]
+            results.append(repeats[0] if len(repeats) == 1 else combine_repeats(repeats))
+        result: Measurement = (results[0] if len(results) == 1 else
+                               combine_scenarios(results, [name for name, _ in configs], study.spec.workload.aggregate, METRICS))
+        config = configs[0][1]
     except (DeployError, MeasureError) as error:
         with signals.atomic():
             trial.set_user_attr("fail_reason", error.reason)
@@ -234,6 +239,8 @@ def _measure_trial(optuna_study: optuna.Study, trial: optuna.Trial, study: Study
     missed = [name for name, value in zip(names, limits) if value > 0]
     if missed:
         summary += f", misses {', '.join(missed)} (infeasible)"
+    if result.scenarios:
+        summary += f", {result.aggregate} of {len(result.scenarios)} scenarios"
     if result.repeats > 1:
         summary += f", CV over {result.repeats} repeats: ART {result.art_cv:.1%}, ACU {result.acu_cv:.1%}"
     return TrialOutcome(trial.number, TrialState.COMPLETE, values, summary)
@@ -279,9 +286,10 @@ def record_constraints(trial: optuna.Trial, values: list[float]) -> None:
     trial.storage.set_trial_system_attr(trial._trial_id, "constraints", values)  # noqa: SLF001  # Optuna's own key
 
 
-def _configure(trial: optuna.Trial, study: Study, backend: Backend) -> Config:
-    """The trial's configuration; records which process on which host measures it, so a
-    resumed study can tell a trial whose run was killed from one still being measured."""
+def _configure(trial: optuna.Trial, study: Study, backend: Backend) -> list[tuple[str, Config]]:
+    """The trial's configuration under each workload scenario (one, unnamed, without them);
+    records which process on which host measures it, so a resumed study can tell a trial
+    whose run was killed from one still being measured."""
     me = psutil.Process()
     for key, value in {"host": socket.gethostname(), "pid": me.pid, "pid_started": me.create_time(),
                        "backend": backend.name}.items():
@@ -291,14 +299,18 @@ def _configure(trial: optuna.Trial, study: Study, backend: Backend) -> Config:
         trial.set_user_attr("host_shared_with", others)
     for key, value in study.model.record().items():
         trial.set_user_attr(key, value)
-    config = suggest(trial, study)
-    for name, value in active(fixed_values(study) | trial.params).items():
-        if name not in trial.params:  # held by the space (a batching parameter only with batching on)
+    configs = suggest_scenarios(trial, study)
+    workload = study.spec.workload.resolved() if study.spec.workload else [("", {})]
+    held = active(fixed_values(study) | trial.params) | (workload[0][1] if len(workload) == 1 else {})
+    for name, value in held.items():
+        if name not in trial.params:  # held by the space or the workload (batching parameters only with batching on)
             trial.set_user_attr(f"fixed_{name}", value)
-    trial.set_user_attr("config", config.describe())
+    config = configs[0][1]
+    trial.set_user_attr("config", config.describe() if len(configs) == 1 else
+                        f"{config.server_describe()}, under {len(configs)} scenarios: {', '.join(n for n, _ in configs)}")
     trial.set_user_attr("requests", config.client.requests)
     trial.set_user_attr("duration_s", config.client.duration_s)
-    return config
+    return configs
 
 
 def _record_failure(optuna_study: optuna.Study, trial: optuna.Trial, error: BaseException) -> None:

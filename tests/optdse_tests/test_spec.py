@@ -8,7 +8,7 @@ import pytest
 
 from optdse.models import BUILTINS
 from optdse.payloads import BUILDERS
-from optdse.space import distributions, fixed_values, to_config
+from optdse.space import distributions, fixed_values, scenarios, to_config
 from optdse.spec import SpecError, load_study
 from serving.models import EXPORTERS
 from tests.optdse_tests.conftest import SPACE, optdse, write_study
@@ -84,6 +84,12 @@ BAD_STUDIES = [
     ({"constraints": "{p99_ms: 0}"}, "constraints.p99_ms", "greater than 0"),
     ({"stability": "{tolerance: 10%}"}, "stability.tolerance", "valid number"),
     ({"enqueue": "[{delay_ms: 5}]"}, "enqueue.0.delay_ms", "the search space does not define delay_ms"),
+    ({"workload": "{rate_rps: 100}"}, "workload.rate_rps",
+     "the search space bad.yaml gives the load too (parameters.threads)"),
+    ({"workload": "{file_size: 2}"}, "workload.file_size", "gives it too (parameters.file_size)"),
+    ({"workload": "{threads: 2, rate_rps: 5}"}, "workload", "threads (a closed loop) and rate_rps (an open loop)"),
+    ({"workload": "{scenarios: [{rate: 5}]}"}, "workload.scenarios.0.rate", "unknown key; allowed: threads, rate_rps"),
+    ({"workload": "{aggregate: best}"}, "workload.aggregate", "'worst' or 'mean'"),
 ]
 
 BAD_SPACES = [
@@ -128,6 +134,34 @@ def test_a_bad_search_space_names_the_space_file(tmp_path: Path, space: str, key
     line = str(caught.value)
     assert line.startswith(f"{tmp_path / 'search_spaces' / 'bad.yaml'}: {key}"), line
     assert allowed in line, line
+
+
+KNOBS_ONLY = """\
+parameters:
+  replicas:  {low: 1, high: 2}
+  cpus:      {low: 0.2, high: 1.0, step: 0.1}
+  memory_mb: {value: 1000}
+server:
+  enable_batching: {choices: [0, 1]}
+"""
+
+
+def test_a_workload_gives_the_load_and_the_space_only_knobs(tmp_path: Path) -> None:
+    """The operator's study: every configuration carries each scenario, what a scenario leaves
+    out comes from the block, and a scenario missing what neither gives is one line."""
+    path = write_study(tmp_path, "slo", space=KNOBS_ONLY, enqueue=None,
+                       workload="{file_size: 1, rate_rps: 200, scenarios: [{name: base}, {name: peak, rate_rps: 400}, "
+                                "{threads: 4, file_size: 8}]}")
+    study = load_study(str(path))
+    configs = scenarios({"replicas": 2, "cpus": 0.5, "memory_mb": 1000, "enable_batching": True}, study)
+    assert [name for name, _ in configs] == ["base", "peak", "threads 4, file_size 8"]
+    assert [(c.client.rate_rps, c.client.threads, c.client.file_size) for _, c in configs] == [
+        (200, 1, 1), (400, 1, 1), (None, 4, 8)]
+    assert all(c.server.replicas == 2 and c.server.knobs.enable_batching for _, c in configs)
+    bad = write_study(tmp_path, "short", space=KNOBS_ONLY, workload="{scenarios: [{rate_rps: 5}]}")
+    with pytest.raises(SpecError, match=r"short.yaml: workload.scenarios.0: file_size is neither in it nor in the "
+                                        r"search space short.yaml"):
+        load_study(str(bad))
 
 
 def test_the_cli_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:

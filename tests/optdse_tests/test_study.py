@@ -269,6 +269,45 @@ def test_a_trial_that_misses_the_slo_is_infeasible_everywhere_optuna_looks(proje
             in page) and "1 of 2 measured trials met the SLO" in page
 
 
+WORKLOAD_SPACE = """\
+parameters:
+  replicas:  {value: 1}
+  cpus:      {low: 0.5, high: 1.0, step: 0.5}
+  memory_mb: {value: 1000}
+server:
+  enable_batching: {choices: [0, 1]}
+  max_batch_size: {value: 8}
+"""
+
+
+def test_each_configuration_carries_every_workload_scenario_and_the_worst_is_its_figure(project: Path) -> None:
+    """workload: two open-loop scenarios; the space holds only knobs. Each trial measures both
+    on one deployment and reports the worst of each figure; the batching parameter reaches the
+    server only in the trial with batching on."""
+    write_study(project, "ops", space=WORKLOAD_SPACE, trials=2, requests=150,
+                workload="{file_size: 1, scenarios: [{name: light, rate_rps: 50}, {name: busy, rate_rps: 200}]}",
+                enqueue="[{cpus: 1.0, enable_batching: 0}, {cpus: 1.0, enable_batching: 1}]")
+    run = optdse(project, "study", "ops")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "worst of 2 scenarios" in run.stdout + run.stderr
+    plain, batched = load(project, "ops").trials
+    for trial in (plain, batched):
+        attrs = trial.user_attrs
+        assert trial.state == TrialState.COMPLETE, attrs.get("fail_message")
+        light, busy = attrs["scenarios"]
+        assert (light["name"], busy["name"], attrs["aggregate"]) == ("light", "busy", "worst")
+        assert light["offered_rps"] == 50 and busy["offered_rps"] == 200
+        assert attrs["art_ms"] == max(light["art_ms"], busy["art_ms"]) == trial.values[0]
+        assert attrs["p99_ms"] == max(light["p99_ms"], busy["p99_ms"])
+        assert attrs["throughput_rps"] == min(light["throughput_rps"], busy["throughput_rps"])
+        assert attrs["requests_sent"] == 300 and "under 2 scenarios: light, busy" in attrs["config"]
+    assert plain.params["enable_batching"] is False and "max_batch_size" not in plain.params
+    assert "fixed_max_batch_size" not in plain.user_attrs and "--enable_batching" not in plain.user_attrs["server_command"]
+    assert batched.params["enable_batching"] is True and batched.user_attrs["fixed_max_batch_size"] == 8
+    assert batched.user_attrs["server_knobs"] == {"enable_batching": True, "max_batch_size": 8}
+    assert "--enable_batching=true --batching_parameters_file=" in batched.user_attrs["server_command"]
+
+
 def test_repeats_measure_each_configuration_several_times_and_report_the_noise(project: Path) -> None:
     """--repeats 3: the objectives are the means of three real measurements in a row; the
     trial keeps each one and their coefficients of variation; the study prints the median."""
