@@ -28,6 +28,10 @@ KNOBS: dict[str, tuple[str, int]] = {
     "tensorflow_inter_op_parallelism": ("TensorFlow ops run at once (0: TensorFlow decides)", 0),
     "grpc_max_threads": ("gRPC handler threads (optdse-serve: each in-flight request holds one)", 1),
 }
+#: Column headers for tables a terminal must fit.
+SHORT = {"enable_batching": "batching", "max_batch_size": "max_batch", "batch_timeout_micros": "timeout_us",
+         "num_batch_threads": "batch_thr", "max_enqueued_batches": "max_queue", "tensorflow_intra_op_parallelism": "intra_op",
+         "tensorflow_inter_op_parallelism": "inter_op", "grpc_max_threads": "grpc_thr"}
 #: The knobs that live in the batching parameters file, and mean nothing with batching off.
 BATCHING_KNOBS = ("max_batch_size", "batch_timeout_micros", "num_batch_threads", "max_enqueued_batches")
 #: Where containers find the batching parameters file (mounted read-only).
@@ -102,7 +106,8 @@ class ServerKnobs:
         return flags
 
     def describe(self) -> str:
-        """"batching (max 16 rows, 500 us), 2 intra-op threads" or "" for the defaults."""
+        """"batching (max 16 rows, timeout 500 us), intra-op 2, 8 gRPC threads" ("" for the
+        server's defaults; intra-op "auto" is 0, TensorFlow decides)."""
         parts = []
         if self.enable_batching:
             details = [f"{label} {getattr(self, name)}{unit}" for name, label, unit in (
@@ -110,12 +115,13 @@ class ServerKnobs:
                 ("num_batch_threads", "threads", ""), ("max_enqueued_batches", "queue", ""))
                 if getattr(self, name) is not None]
             parts.append("batching" + (f" ({', '.join(details)})" if details else ""))
-        for name, label in (("tensorflow_intra_op_parallelism", "intra-op threads"),
-                            ("tensorflow_inter_op_parallelism", "inter-op threads"),
-                            ("grpc_max_threads", "gRPC threads")):
-            if getattr(self, name) is not None:
-                parts.append(f"{getattr(self, name)} {label}")
+        for name, label in (("tensorflow_intra_op_parallelism", "intra-op"), ("tensorflow_inter_op_parallelism", "inter-op")):
+            value = getattr(self, name)
+            if value is not None:
+                parts.append(f"{label} {value or 'auto'}")  # 0: TensorFlow decides
+        if self.grpc_max_threads is not None:
+            parts.append(f"{self.grpc_max_threads} gRPC threads")
         return ", ".join(parts)
 
 
-__all__ = ["BATCHING_KNOBS", "CONTAINER_BATCHING_FILE", "KNOBS", "KnobError", "ServerKnobs"]
+__all__ = ["BATCHING_KNOBS", "CONTAINER_BATCHING_FILE", "KNOBS", "SHORT", "KnobError", "ServerKnobs"]

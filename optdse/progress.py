@@ -13,12 +13,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from optdse.export import pareto_frame
-from optdse.spec import Study
+from optdse.knobs import SHORT
+from optdse.spec import ALL_PARAMETERS, Study
 from optdse.study import TrialOutcome, trial_counts
 
 
 def _cell(value: object) -> str:
-    """3 significant digits, but whole numbers whole (1000 MB, not 1e+03)."""
+    """3 significant digits, but whole numbers whole (1000 MB, not 1e+03); "-" for a
+    parameter the trial did not have (a batching parameter with batching off)."""
+    if isinstance(value, float) and value != value:
+        return "-"
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() and abs(value) < 1e9 else f"{value:.3g}"
     return str(value)
@@ -43,19 +47,19 @@ class StudyProgress:
     @staticmethod
     def pareto_table(optuna_study: optuna.Study, limit: int = 10) -> Table:
         frame = pareto_frame(optuna_study)
-        parameters = [c for c in ("threads", "rate_rps", "file_size", "replicas", "cpus", "memory_mb", "delay_ms",
-                                  "jitter_ms", "loss_pct") if c in frame.columns]
+        parameters = [c for c in ALL_PARAMETERS if c in frame.columns]
         # A parameter with one value on the whole front is said once, in the title, so the
         # table fits a terminal (the network study has eight parameters).
         same = [c for c in parameters if len(frame) > 1 and frame[c].nunique(dropna=False) == 1]
-        title = (f"Pareto front ({len(frame)} trials" + "".join(f"; {c} {_cell(frame[c].iloc[0])}" for c in same)
+        title = (f"Pareto front ({len(frame)} trials" + "".join(f"; {SHORT.get(c, c)} {_cell(frame[c].iloc[0])}"
+                                                                 for c in same)
                  + (" throughout)" if same else ")"))
         table = Table(title=title, title_justify="left")
         figures = dict.fromkeys([*(optuna_study.metric_names or []), "art_ms", "acu_cores"])  # objectives first
         columns = [c for c in parameters if c not in same] + [c for c in figures if c in frame.columns]
         table.add_column("trial", justify="right")
         for column in columns:
-            table.add_column(column, justify="right")
+            table.add_column(SHORT.get(column, column), justify="right")
         for row in frame.head(limit).to_dict("records"):
             table.add_row(str(row["trial"]), *(_cell(row[c]) for c in columns))
         if len(frame) > limit:  # say what is missing, and where it is

@@ -232,11 +232,16 @@ def _measure_trial(optuna_study: optuna.Study, trial: optuna.Trial, study: Study
         optuna_study.tell(trial, values)
     summary = (f"ART {result.art_ms:.2f} ms, ACU {result.acu_cores:.3f} cores, p95 {result.p95_ms:.2f} ms, "
                f"{result.throughput_rps:.0f} req/s, errors {result.errors}")
+    shown = ("art_ms", "acu_cores", "p95_ms", "throughput_rps")
+    summary += "".join(f", {o.metric} {float(getattr(result, o.metric)):.4g}" for o in study.spec.objectives
+                       if o.metric not in shown)  # every objective is on the line
     if result.retried_requests or result.replicas_killed:
         summary += f", {result.retried_requests} retried" + "".join(f", killed {name}" for name in result.replicas_killed)
     if result.offered_rps:
         summary += f", {result.late_sends} late sends" + ("" if result.generator_kept_up else " (INFEASIBLE)")
     missed = [name for name, value in zip(names, limits) if value > 0]
+    if missed and result.error_rate <= study.spec.error_limit and limits[0] > 0:
+        missed[0] = "a valid load (the generator fell behind)"  # the first constraint holds both
     if missed:
         summary += f", misses {', '.join(missed)} (infeasible)"
     if result.scenarios:
@@ -412,6 +417,7 @@ def start_points(study: Study) -> list[dict[str, float]]:
         # A batching parameter varied with batching off would not reach the server: turn it on.
         turn_on = {"enable_batching": True} if name in BATCHING_KNOBS and "enable_batching" in base else {}
         points += [{**base, name: value, **turn_on} for value in values if value != base[name]]
+    points = [active(point) for point in points]  # no batching parameters where batching is off
     return list({tuple(sorted(point.items())): point for point in points}.values())  # each once
 
 

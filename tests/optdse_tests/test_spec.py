@@ -177,7 +177,7 @@ def test_an_unknown_study_name_lists_the_known_ones(tmp_path: Path) -> None:
     done = optdse(tmp_path, "study", "no-such-study")
     assert done.returncode == 2
     assert ("no-such-study.yaml: file not found; known studies: deepspeech-pareto, inception-pareto, "
-            "mnist-network, mnist-pareto, nmt-pareto") in done.stderr
+            "mnist-network, mnist-pareto, mnist-slo, nmt-pareto") in done.stderr
 
 
 def test_a_storage_url_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
