@@ -1,20 +1,24 @@
 """Measure the exhaustive grid that the sample-efficiency benchmark replays, and save it as CSV.
 
 Runs `optdse grid STUDY --levels L` (real replicas, real load; it resumes if interrupted),
-then writes every grid point with its outcome to benchmarks/data/STUDY-grid-L.csv: the five
-parameters, the trial state, ART, ACU, error rate and, for a failed point, why (OOM, ...).
+then writes every grid point with its outcome to benchmarks/data/STUDY-grid-L.csv: the study's
+parameters (the five, or a workload study's knobs), the trial state, ART, ACU, p99, cost, error
+rate, the constraint values the trial recorded (Optuna's format, <= 0 feasible) and, for a
+failed point, why (OOM, ...).
 Failed points stay in the table: a sampler that proposes one pays an evaluation for nothing,
 as in a real study. How the committed table was made is in benchmarks/data/README.md.
 
 Run from the repository root (about 35 minutes for MNIST at 4 levels on a 2-core machine):
   .venv/bin/python benchmarks/grid_table.py [--study mnist-pareto] [--levels 4]
       [--requests 100000 --duration 1.5] [--storage sqlite:///results/grid-table.db]
+  (--duration 0: each point measured by the study file's own rule, e.g. its stability windows)
 The last line says how many points were measured and how many are feasible.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -25,11 +29,12 @@ sys.path.insert(0, str(ROOT))
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from optdse.export import trial_parameters  # noqa: E402
-from optdse.spec import PARAMETERS, load_study  # noqa: E402
+from optdse.export import parameter_columns, trial_parameters  # noqa: E402
+from optdse.spec import load_study  # noqa: E402
 
 #: Figures kept per grid point (trial user attrs).
-COLUMNS = ("art_ms", "acu_cores", "p95_ms", "throughput_rps", "error_rate", "window_s", "requests_in_window")
+COLUMNS = ("art_ms", "acu_cores", "p95_ms", "p99_ms", "cost_cores", "throughput_rps", "error_rate", "window_s",
+           "requests_in_window")
 
 
 def grid_frame(grid: optuna.Study) -> pd.DataFrame:
@@ -42,10 +47,12 @@ def grid_frame(grid: optuna.Study) -> pd.DataFrame:
         row: dict[str, object] = dict(trial_parameters(trial))
         row["state"] = trial.state.name
         row.update({name: trial.user_attrs.get(name) for name in COLUMNS})
+        row["constraints"] = json.dumps(trial.user_attrs["constraints"]) if "constraints" in trial.user_attrs else ""
         row["fail_reason"] = trial.user_attrs.get("fail_reason", "")
         rows.append(row)
+    parameters = parameter_columns(rows)
     frame = pd.DataFrame(rows)
-    return frame.drop_duplicates(subset=list(PARAMETERS), keep="last").sort_values(list(PARAMETERS), ignore_index=True)
+    return frame.drop_duplicates(subset=parameters, keep="last").sort_values(parameters, ignore_index=True)
 
 
 def main() -> None:
@@ -58,8 +65,9 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="default: benchmarks/data/STUDY-grid-LEVELS.csv")
     args = parser.parse_args()
     (ROOT / "results").mkdir(exist_ok=True)
+    bounded = ["--requests", str(args.requests), "--duration", str(args.duration)] if args.duration else []
     command = [str(ROOT / ".venv" / "bin" / "optdse"), "grid", args.study, "--levels", str(args.levels),
-               "--requests", str(args.requests), "--duration", str(args.duration), "--storage", args.storage]
+               *bounded, "--storage", args.storage]
     print("$ " + " ".join(command), flush=True)
     if subprocess.run(command, cwd=ROOT, check=False).returncode != 0:
         sys.exit("optdse grid did not finish; run this again to resume it")
@@ -69,7 +77,7 @@ def main() -> None:
     output = args.output or ROOT / "benchmarks" / "data" / f"{study.name}-grid-{args.levels}.csv"
     output.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(output, index=False)
-    feasible = (frame["state"] == "COMPLETE") & (frame["error_rate"] <= study.spec.max_error_rate)
+    feasible = frame["constraints"].map(lambda c: bool(c) and max(json.loads(c)) <= 0) & (frame["state"] == "COMPLETE")
     print(f"{output.relative_to(ROOT)}: {len(frame)} grid points, {int(feasible.sum())} feasible")
 
 
