@@ -38,12 +38,12 @@ sys.path.insert(0, str(ROOT))
 
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
-from optuna.samplers import BaseSampler, RandomSampler  # noqa: E402
+from optuna.samplers import BaseSampler  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
+from benchmarks.sample_efficiency import samplers as sample_efficiency_samplers  # noqa: E402
 from optdse.space import active, distributions, fixed_values, suggest  # noqa: E402
 from optdse.spec import Study, load_study  # noqa: E402
-from optdse.study import make_sampler  # noqa: E402
 
 WITHIN = 1.05
 CHECKPOINTS = (10, 20, 40)
@@ -101,11 +101,9 @@ def replay(grid: KnobGrid, sampler: BaseSampler, budget: int) -> int | None:
 
 
 def samplers(study: Study) -> dict[str, Callable[[int], BaseSampler]]:
-    def default(seed: int) -> BaseSampler:
-        spec = study.spec.model_copy(update={"sampler": study.spec.sampler.model_copy(update={"seed": seed})})
-        return make_sampler(study.model_copy(update={"spec": spec}))
-
-    return {"default": default, "random": lambda seed: RandomSampler(seed=seed)}
+    """The study file's sampler and random search, made as the hypervolume replay makes them."""
+    every = sample_efficiency_samplers(study)
+    return {name: every[name] for name in ("default", "random")}
 
 
 def main() -> None:
