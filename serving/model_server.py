@@ -118,6 +118,9 @@ class ModelServer:
     def close(self) -> None:
         if self._batcher is not None:
             self._batcher.close()
+            calls, requests = self._batcher.calls, self._batcher.requests
+            log.info("batching: %d requests in %d model calls (%.2f requests per call)",
+                     requests, calls, requests / calls if calls else 0.0)
         if self._servable is not None:
             self._servable.close()
 

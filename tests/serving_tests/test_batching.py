@@ -82,6 +82,63 @@ def test_timeout_zero_runs_a_lone_request_at_once() -> None:
     assert model.sizes == [1]
 
 
+def test_a_lone_request_runs_in_its_own_thread() -> None:
+    """No hand-off to another thread when nothing merges: the leader runs its own batch."""
+    batcher = Batcher(BatchingParameters(max_batch_size=32, batch_timeout_micros=0, num_batch_threads=1))
+    ran_in: list[threading.Thread] = []
+
+    def model(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ran_in.append(threading.current_thread())
+        return {"y": inputs["x"]}
+
+    try:
+        batcher.submit("sig", {"x": np.ones((1, 3), np.float32)}, model)
+    finally:
+        batcher.close()
+    assert ran_in == [threading.current_thread()]
+    assert (batcher.calls, batcher.requests) == (1, 1)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_num_batch_threads_bounds_the_batches_run_at_once(threads: int) -> None:
+    batcher = Batcher(BatchingParameters(max_batch_size=1, batch_timeout_micros=0, num_batch_threads=threads))
+    running, most = 0, 0
+    lock = threading.Lock()
+
+    def model(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return {"y": inputs["x"]}
+
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(batcher.submit, "sig", {"x": np.ones((1, 3), np.float32)}, model) for _ in range(6)]
+            assert all(f.result(30)["y"].shape == (1, 3) for f in futures)
+    finally:
+        batcher.close()
+    assert most == threads
+
+
+def test_a_due_batch_keeps_taking_requests_while_the_model_is_busy() -> None:
+    """With the one slot busy, requests gather behind it and run as one call when it frees."""
+    batcher = Batcher(BatchingParameters(max_batch_size=64, batch_timeout_micros=0, num_batch_threads=1))
+    model = Recorder(delay=0.5)
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            first = pool.submit(batcher.submit, "sig", {"x": np.ones((1, 3), np.float32)}, model)
+            time.sleep(0.1)  # the first call is running now
+            rest = [pool.submit(batcher.submit, "sig", {"x": np.ones((1, 3), np.float32)}, model) for _ in range(5)]
+            assert all(f.result(30)["y"].shape == (1, 3) for f in [first, *rest])
+    finally:
+        batcher.close()
+    assert model.sizes == [1, 5]
+
+
 def test_a_failed_batch_fails_each_request() -> None:
     batcher = Batcher(BatchingParameters(max_batch_size=16, batch_timeout_micros=100_000, num_batch_threads=1))
     model = Recorder(fail=True)
