@@ -26,7 +26,7 @@ def trial_note(config: Config, result: Measurement) -> str:
         f"| p50 / p95 / p99 / p99.9 | {result.p50_ms:.3f} / {result.p95_ms:.3f} / {result.p99_ms:.3f} / "
         f"{result.p999_ms:.3f} ms |",
         f"| load | {result.loop}"
-        + (f"; {result.late_sends} sends more than 1 ms late (worst {result.late_max_ms:.1f} ms)"
+        + (f"; {result.late_sends} sends more than {result.late_threshold_ms:g} ms late (worst {result.late_max_ms:.1f} ms)"
            + ("" if result.generator_kept_up else ": NOT VALID, the generator fell behind")
            if result.offered_rps else "") + " |",
         f"| throughput | {result.throughput_rps:.1f} req/s |",

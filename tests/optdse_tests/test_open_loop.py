@@ -26,6 +26,7 @@ from optdse.deploy.local import LocalBackend
 from optdse.histograms import LatencyHistogram
 from optdse.load import LoadPlan, LoadResult, run_load
 from optdse.load.arrivals import schedule
+from optdse.measurement import late_threshold_s
 from optdse.models import builtin
 from optdse.objective import measure
 from optdse.payloads import build_payload
@@ -120,6 +121,14 @@ def test_optdse_measure_at_an_offered_rate_reports_the_loop_tail_and_late_sends(
     assert 0 <= figures["late_sends"] <= figures["requests_sent"] and figures["late_max_ms"] >= 0
     assert figures["throughput_rps"] == pytest.approx(150, rel=0.25)  # Poisson: a 4 s sample of the rate
     assert figures["generator_kept_up"] == (figures["late_fraction"] <= 0.01)
+    assert figures["late_threshold_ms"] == 1.0  # a tenth of a 6.7 ms gap is less than 1 ms
+
+
+def test_lateness_is_judged_against_the_gap_between_sends() -> None:
+    assert late_threshold_s(None) == late_threshold_s(0.0) == 1e-3  # closed loop: nothing is due
+    assert late_threshold_s(300) == 1e-3
+    assert late_threshold_s(10) == pytest.approx(0.01)
+    assert late_threshold_s(0.5) == pytest.approx(0.2)
 
 
 def test_a_config_says_which_loop_it_uses() -> None:
