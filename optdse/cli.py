@@ -127,8 +127,8 @@ def _resume(optuna_study: Any) -> None:
 
 
 def _shown(url: str) -> str:
-    """A storage URL as printed: without its password (optdse.study imports optuna, so lazily)."""
-    from optdse.study import shown_url
+    """A storage URL as printed: without its password (optdse.storage imports optuna, so lazily)."""
+    from optdse.storage import shown_url
 
     return shown_url(url)
 
@@ -139,7 +139,7 @@ def _run_trials(command: str, args: argparse.Namespace, prepare: Callable[[Any, 
     Ctrl-C, print the front."""
     from optdse.deploy.runs import measuring_lock, other_live_runs
     from optdse.spec import SpecError, load_study
-    from optdse.study import default_storage, open_storage
+    from optdse.storage import default_storage, open_storage
 
     try:
         study = load_study(args.name).with_load(args.requests, args.duration, args.repeats)
@@ -285,7 +285,7 @@ def _stored_study(command: str, args: argparse.Namespace) -> tuple[Any, str] | i
     import optuna
 
     from optdse.spec import SpecError, find_study_file
-    from optdse.study import default_storage
+    from optdse.storage import default_storage
 
     try:
         name = find_study_file(args.name).stem

@@ -16,7 +16,6 @@ retried does not count towards the study's number of trials: its retry does.
 
 from __future__ import annotations
 
-import os
 import socket
 import statistics
 import time
@@ -27,14 +26,14 @@ from typing import Protocol
 import optuna
 import psutil
 from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler, TPESampler
-from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled  # what Study.optimize uses
 from optuna.trial import FrozenTrial, TrialState
 from optuna_dashboard import save_note
 from sqlalchemy.exc import SQLAlchemyError
 
 from optdse import signals
-from optdse.config import GRACE_HEARTBEATS, HEARTBEAT_S, Config
+from optdse.config import GRACE_HEARTBEATS, Config
 from optdse.dashboard import failure_note, save_hypervolume_plot, trial_note
 from optdse.deploy.base import Backend, DeployError
 from optdse.deploy.runs import live_process, other_live_runs
@@ -43,6 +42,7 @@ from optdse.objective import MeasureError, measure
 from optdse.knobs import BATCHING_KNOBS
 from optdse.space import active, fixed_values, suggest_scenarios
 from optdse.spec import METRICS, Study, StudySpec
+from optdse.storage import shown_url
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
 
@@ -68,21 +68,6 @@ def make_sampler(study: Study) -> BaseSampler:
     if spec.name == "nsga2":
         return NSGAIISampler(seed=spec.seed, constraints_func=constraints)
     return RandomSampler(seed=spec.seed)
-
-
-RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
-
-
-def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S) -> str | BaseStorage:
-    """The storage behind `url`: an RDB URL (SQLite, PostgreSQL, MySQL) gets Optuna's
-    heartbeat, so the trials of a worker that dies are found by the others; other URLs are
-    Optuna's to open (no heartbeat: only this host's dead runs are detected)."""
-    if url.split(":", 1)[0].split("+", 1)[0] not in RDB_SCHEMES:
-        return url
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
-        return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=GRACE_HEARTBEATS * heartbeat_s,
-                          engine_kwargs={"pool_pre_ping": True})
 
 
 def open_study(study: Study, storage: str | BaseStorage, name: str | None = None,
@@ -114,17 +99,6 @@ def open_study(study: Study, storage: str | BaseStorage, name: str | None = None
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna_study.set_metric_names([o.metric for o in study.spec.objectives])  # shown by the dashboard
     return optuna_study
-
-
-def shown_url(storage: str | BaseStorage) -> str:
-    """A storage's URL as printed: without its password."""
-    url = storage if isinstance(storage, str) else str(getattr(storage, "url", storage))
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001  # not an SQLAlchemy URL (a journal file, say): nothing to hide
-        return url
 
 
 def fail_lost(optuna_study: optuna.Study) -> list[int]:
@@ -421,10 +395,5 @@ def start_points(study: Study) -> list[dict[str, float]]:
     return list({tuple(sorted(point.items())): point for point in points}.values())  # each once
 
 
-def default_storage() -> str:
-    os.makedirs("results", exist_ok=True)
-    return "sqlite:///results/optdse.db"
-
-
-__all__ = ["START_LEVELS", "TrialEvents", "constraint_names", "constraint_values", "constraints", "default_storage", "fail_lost", "make_sampler", "open_storage", "open_study", "record_constraints", "repeatability", "run_study",
-           "run_trial", "shown_url", "start_points", "trial_counts"]
+__all__ = ["START_LEVELS", "TrialEvents", "constraint_names", "constraint_values", "constraints", "fail_lost", "make_sampler", "open_study", "record_constraints", "repeatability", "run_study",
+           "run_trial", "start_points", "trial_counts"]

@@ -52,8 +52,12 @@ class PostgresServer:
         shutil.chown(cluster, "postgres", "postgres")
         subprocess.run([self.bin / "initdb", "-D", cluster / "data", "-U", "optdse", "-A", "trust", "--no-sync",
                         "-E", "UTF8"], check=True, capture_output=True, user="postgres", group="postgres")
+        self._start(timeout)
+
+    def _start(self, timeout: float) -> None:
+        cluster = self.root / "cluster"
         log = cluster / "log"
-        with log.open("w") as stderr:  # the server keeps its own copy of the descriptor
+        with log.open("a") as stderr:  # the server keeps its own copy of the descriptor
             self.process = subprocess.Popen(
                 [self.bin / "postgres", "-D", cluster / "data", "-p", str(self.port),
                  "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={cluster}", "-c", "fsync=off"],
@@ -75,8 +79,15 @@ class PostgresServer:
                        check=True, capture_output=True)
         return f"postgresql+psycopg://optdse@127.0.0.1:{self.port}/{name}"
 
-    def stop(self) -> None:
-        """Fast shutdown (SIGINT) of the postmaster this object started, then delete the cluster."""
+    def restart(self, down_s: float, timeout: float = 60) -> None:
+        """Stop the server (fast shutdown: clients' connections are cut), keep it down for
+        `down_s`, start it again on the same port with the same data."""
+        self._shutdown()
+        time.sleep(down_s)
+        self._start(timeout)
+
+    def _shutdown(self) -> None:
+        """Fast shutdown (SIGINT) of the postmaster this object started."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
@@ -84,6 +95,10 @@ class PostgresServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+
+    def stop(self) -> None:
+        """Stop the postmaster this object started, then delete the cluster."""
+        self._shutdown()
         shutil.rmtree(self.root, ignore_errors=True)
 
 

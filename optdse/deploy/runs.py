@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,18 +76,24 @@ class Run:
         return stopped
 
 
+def host_lock_path() -> Path:
+    """The one lock file of this host for running trials, whoever runs them: not under a
+    user's state directory, so two users (or two OPTDSE_STATE_DIRs) on one host still measure
+    one at a time. Named after the host name, which is what a trial records as its host."""
+    return Path("/tmp") / f"optdse-measuring-{socket.gethostname()}.lock"
+
+
 @contextlib.contextmanager
 def measuring_lock() -> Iterator[bool]:
     """This host's lock for running trials, held while the block runs: yields whether this
     process got it. Trials measured at the same time on one host share its CPUs, which
     falsifies both ART and ACU.
 
-    An flock on the state directory itself (no lock file to leave behind): the kernel drops
-    it when its holder exits, however it exits, so a killed worker never leaves the host
-    locked. `other_live_runs` says who holds it."""
-    root = state_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)  # close-on-exec: replicas do not inherit it
+    An flock on `host_lock_path()`, which the kernel drops when its holder exits, however it
+    exits, so a killed worker never leaves the host locked; the file (empty, readable by all
+    so any user can lock it) stays. `other_live_runs` says who holds it."""
+    path = host_lock_path()
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)  # close-on-exec: replicas do not inherit it
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

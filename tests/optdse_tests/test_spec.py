@@ -38,6 +38,16 @@ def test_every_model_has_an_exporter_a_payload_and_a_study_with_a_bounded_durati
         assert study.spec.stability.max_s <= 60  # every trial ends by time, slow configurations too
 
 
+@pytest.mark.parametrize("name", sorted(path.stem for path in (Path(__file__).parents[2] / "studies").glob("*.yaml")))
+def test_every_shipped_study_loads_and_an_slo_study_has_its_slo(name: str) -> None:
+    study = load_study(name)
+    assert study.spec.stability.max_s <= 60
+    if name.endswith("-slo"):
+        assert study.spec.constraints is not None and study.spec.constraints.p99_ms is not None
+        assert study.spec.workload is not None and study.spec.workload.rate_rps  # a fixed open-loop load
+        assert {"enable_batching", "max_batch_size", "batch_timeout_micros"} <= set(distributions(study))
+
+
 def test_the_network_study_samples_the_link_with_the_other_parameters() -> None:
     study = load_study("mnist-network")
     assert set(study.space.network) == {"delay_ms", "jitter_ms", "loss_pct"}
@@ -176,7 +186,7 @@ def test_the_cli_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:
 def test_an_unknown_study_name_lists_the_known_ones(tmp_path: Path) -> None:
     done = optdse(tmp_path, "study", "no-such-study")
     assert done.returncode == 2
-    assert ("no-such-study.yaml: file not found; known studies: deepspeech-pareto, inception-pareto, "
+    assert ("no-such-study.yaml: file not found; known studies: deepspeech-pareto, deepspeech-slo, inception-pareto, "
             "mnist-network, mnist-pareto, mnist-slo, nmt-pareto") in done.stderr
 
 

@@ -139,6 +139,11 @@ def test_one_worker_per_host_unless_told_to_share(project: Path, postgres: Postg
             assert refused.returncode == 1
             assert f"optdse process {os.getpid()} is already running trials on this host" in refused.stderr
             assert "--share-host" in refused.stderr and "Traceback" not in refused.stderr
+            # The lock is the host's, not the state directory's: another user's worker is refused too.
+            elsewhere = subprocess.run([*optdse_command(), "worker", "crowded", "--storage", url], cwd=project,
+                                       capture_output=True, text=True, timeout=120, check=False,
+                                       env={**os.environ, "OPTDSE_STATE_DIR": str(project / "another-user")})
+            assert elsewhere.returncode == 1 and "already running trials on this host" in elsewhere.stderr
             shared = optdse(project, "worker", "crowded", "--storage", url, "--share-host")
         finally:
             run.finish()
@@ -146,6 +151,50 @@ def test_one_worker_per_host_unless_told_to_share(project: Path, postgres: Postg
     assert "concurrent trials share the CPUs" in shared.stderr
     (trial,) = optuna.load_study(study_name="crowded", storage=url).trials
     assert trial.state == TrialState.COMPLETE and trial.user_attrs["host_shared_with"] == [os.getpid()]
+
+
+def test_four_workers_started_at_once_on_an_empty_database_share_one_study(
+        project: Path, postgres: PostgresServer) -> None:
+    """All four create the storage's tables at the same moment; one creates the study and
+    enqueues its start point; together they finish it, each trial measured once."""
+    url = postgres.new_database()
+    write_study(project, "crowd", trials=6, requests=100)
+    workers = [start_worker(project, "crowd", url, "--share-host") for _ in range(4)]
+    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+    for worker, output in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, output
+        assert "cannot open it" not in output and "Traceback" not in output
+    trials = optuna.load_study(study_name="crowd", storage=url).get_trials()
+    assert all(t.state == TrialState.COMPLETE for t in trials), [(t.number, t.state) for t in trials]
+    # Workers asking at the same instant for the last trials may overshoot by one each.
+    assert 6 <= len(trials) <= 6 + len(workers) - 1
+    assert len({t.number for t in trials}) == len(trials)
+    enqueued = [t for t in trials if "fixed_params" in t.system_attrs]
+    assert len(enqueued) == 1 and enqueued[0].params["replicas"] == 1
+    assert len({t.user_attrs["pid"] for t in trials}) >= 2  # the work was shared
+
+
+def test_a_worker_rides_out_a_restart_of_its_database(project: Path, postgres: PostgresServer) -> None:
+    """PostgreSQL stops (fast shutdown: connections cut) while a trial is measured and comes
+    back 5 s later: the worker's heartbeats and writes wait for it, and the study completes."""
+    url = postgres.new_database()
+    write_study(project, "outage", trials=3, requests=400)
+    worker = start_worker(project, "outage", url)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            study = optuna.load_study(study_name="outage", storage=url)
+            break
+        except KeyError:
+            assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[0]
+            time.sleep(0.2)
+    wait_for_trial_of(study, worker.pid, worker)
+    postgres.restart(down_s=5)
+    out = worker.communicate(timeout=300)[0]
+    assert worker.returncode == 0, out
+    assert "database is unreachable" in out
+    trials = optuna.load_study(study_name="outage", storage=url).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3, out
 
 
 def test_a_worker_needs_a_storage_and_hides_its_password(project: Path) -> None:
