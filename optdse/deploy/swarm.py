@@ -120,13 +120,20 @@ def ensure_swarm(client: Any, init: bool) -> bool:
     return True
 
 
-def _free_base_port() -> int:
+def block_ports(base: int) -> list[int]:
+    """Every port a service with base port `base` may use: gRPC and REST for each of the
+    REST_OFFSET - 1 replicas a service can have (the largest count `apply` allows)."""
+    return [*range(base + 1, base + REST_OFFSET), *range(base + REST_OFFSET + 1, base + 2 * REST_OFFSET)]
+
+
+def free_base_port(host: str = HOST) -> int:
+    """The first base port whose whole block is free on `host` (checked by binding each port),
+    so that a later update to more replicas cannot land on a port something else holds."""
     for base in PORT_RANGE:
-        ports = [*range(base + 1, base + 9), *range(base + REST_OFFSET + 1, base + REST_OFFSET + 9)]
         try:
-            for port in ports:
+            for port in block_ports(base):
                 with socket.socket() as sock:
-                    sock.bind((HOST, port))
+                    sock.bind((host, port))
             return base
         except OSError:
             continue
@@ -224,7 +231,7 @@ class SwarmBackend:
         self._note_killed()  # in case the trial failed before its check
         try:
             if self.service is None:
-                self.base_port = _free_base_port()
+                self.base_port = free_base_port()
                 self.nodes = self._serving_nodes()
                 self.service = self.client.services.create(**self._spec(server))
             elif self._lost and server == self.current:
@@ -410,4 +417,4 @@ class SwarmBackend:
             self.run.finish()
 
 
-__all__ = ["SERVE_LABEL", "EngineStats", "Node", "SwarmBackend", "ensure_swarm", "swarm_nodes"]
+__all__ = ["SERVE_LABEL", "EngineStats", "Node", "SwarmBackend", "block_ports", "ensure_swarm", "free_base_port", "swarm_nodes"]

@@ -16,11 +16,25 @@ from optdse.config import ServerConfig
 from optdse.deploy.cgroups import CgroupDriver
 from optdse.deploy.docker import container_cgroup, docker_client
 from optdse.deploy.local import wait_available
-from optdse.deploy.swarm import SERVE_LABEL, EngineStats, SwarmBackend, swarm_nodes
+from optdse.deploy.swarm import (PORT_RANGE, REST_OFFSET, SERVE_LABEL, EngineStats, SwarmBackend, block_ports,
+                                 free_base_port, swarm_nodes)
 from optdse.models import builtin
 from tests.optdse_tests.conftest import listens_on_loopback_only, optdse
 
 LOCAL_ENGINE = "unix:///var/run/docker.sock"
+
+
+def test_a_port_block_is_free_only_if_every_replica_could_listen_in_it() -> None:
+    """A service may grow to REST_OFFSET - 1 replicas: a port held anywhere in that range,
+    here the 40th replica's REST port, moves the service to the next block."""
+    base = free_base_port()
+    ports = block_ports(base)
+    assert len(ports) == 2 * (REST_OFFSET - 1) and ports[-1] == base + 2 * REST_OFFSET - 1
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", base + REST_OFFSET + 40))
+        holder.listen()
+        moved = free_base_port()
+    assert moved != base and moved in PORT_RANGE
 
 
 @pytest.fixture
