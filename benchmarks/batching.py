@@ -8,15 +8,18 @@ per model: the median over rounds of throughput, replica CPU per answered reques
 ACU, and the batched / plain ratios. Cases:
   mnist      one image per request, 1 CPU, 300 req/s (the mnist-slo workload)
   inception  one 299-px JPEG per request, 2 CPUs, near one replica's capacity
+  deepspeech one 2-s clip per request, 2 CPUs, near one replica's capacity
 Batching merges only the model call; what a request costs outside it (gRPC, decoding the
 request, encoding the answer) is paid per request either way, so batching can only win
-where the model call dominates. docs/benchmarks.md has the figures and their cause.
+where the model call dominates, and only if a row costs less in a bigger batch: true of
+DeepSpeech's LSTM (a batch-1 step reads all its weights for one row), not of Inception's
+convolutions (compute-bound per image). docs/benchmarks.md has the figures and their cause.
 
 First, in-process and without noise from gRPC or a client: the CPU the batcher itself adds to
 a request (serving.batching.Batcher.submit against calling a trivial model directly), one and
 four submitting threads, window 0 and 1000 us.
 
-Run from the repository root:  .venv/bin/python benchmarks/batching.py [--rounds 3] [--models mnist inception]
+Run from the repository root:  .venv/bin/python benchmarks/batching.py [--rounds 3] [--models mnist inception deepspeech]
 The last line per model is its ratio.
 """
 
@@ -52,6 +55,10 @@ CASES: dict[str, tuple[list[str], dict[str, list[str]]]] = {
                   {"window 0": ["--max-batch-size", "8", "--batch-timeout-micros", "0", "--num-batch-threads", "1"],
                    "window 50 ms": ["--max-batch-size", "8", "--batch-timeout-micros", "50000",
                                     "--num-batch-threads", "1"]}),
+    "deepspeech": (["--rate", "15", "--file-size", "2", "--cpus", "2.0", "--memory", "2048", "--duration", "15"],
+                   {"window 0": ["--max-batch-size", "8", "--batch-timeout-micros", "0", "--num-batch-threads", "1"],
+                    "window 100 ms": ["--max-batch-size", "8", "--batch-timeout-micros", "100000",
+                                      "--num-batch-threads", "1"]}),
 }
 FIGURES = ("throughput_rps", "cpu_ms_per_request", "p99_ms", "acu_cores", "late_fraction")
 
@@ -98,7 +105,7 @@ def batcher_overhead(threads: int, timeout_micros: int | None, requests: int) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="plain/batched pairs per model")
-    parser.add_argument("--models", nargs="*", choices=sorted(CASES), default=["mnist", "inception"])
+    parser.add_argument("--models", nargs="*", choices=sorted(CASES), default=list(CASES))
     args = parser.parse_args()
     for threads in (1, 4):
         direct = statistics.median(batcher_overhead(threads, None, 20000) for _ in range(3))
