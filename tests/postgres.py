@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from optdse.deploy.local import free_port
+from tests.processes import stop_process
 
 
 class PostgresMissing(RuntimeError):
@@ -88,13 +89,8 @@ class PostgresServer:
 
     def _shutdown(self) -> None:
         """Fast shutdown (SIGINT) of the postmaster this object started."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        if self.process is not None:
+            stop_process(self.process, signal.SIGINT, grace_s=30)
 
     def stop(self) -> None:
         """Stop the postmaster this object started, then delete the cluster."""

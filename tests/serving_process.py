@@ -21,6 +21,7 @@ import_tensorflow()  # the tests build tensors with TF itself, so the real packa
 from optdse.deploy.local import free_port, serve_command  # noqa: E402
 from optdse.protos import STATUS_AVAILABLE as AVAILABLE  # noqa: E402
 from optdse.protos import get_model_status_pb2, model_service_pb2_grpc  # noqa: E402
+from tests.processes import stop_process  # noqa: E402
 
 
 class ServerProcess:
@@ -79,13 +80,7 @@ class ServerProcess:
 
     def stop(self) -> int:
         self.channel.close()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, signal.SIGTERM, grace_s=15)
         self._log.close()
         if self.process.returncode == 0:  # a clean exit leaves no log file behind; keep its end for log()
             self._tail = self.log_path.read_text(errors="replace")[-3000:]

@@ -163,6 +163,7 @@ class SwarmBackend:
                                        "Serving binds every interface and Swarm publishes ports on every interface; "
                                        "use the docker backend for it, or an optdse.serve image (serving/Dockerfile)")
         self.initialised_swarm = ensure_swarm(self.client, swarm_init)
+        self.own_node_id = self.client.info()["Swarm"]["NodeID"]  # the node this host's engine is
         self.model_base_path = model_base_path
         self.ready_timeout = ready_timeout
         self.run = Run.start()
@@ -237,6 +238,8 @@ class SwarmBackend:
             elif self._lost and server == self.current:
                 replaced = set(self._lost)
             elif server != self.current:
+                # Nodes labelled (or joined) since the service was made get their bind address too.
+                self.nodes = self._serving_nodes()
                 self.service.reload()
                 if self.current is None or replace(self.current, replicas=server.replicas) != server:
                     # New limits replace every task; until Swarm starts doing so, the service
@@ -266,31 +269,43 @@ class SwarmBackend:
         if self.image.mode == "host-python":
             raise DeployError("image", "the host-python image mounts this host's Python and cannot run on other nodes; "
                                        "use serving/Dockerfile's image (--image optdse/serving), loaded on every node")
-        self.warn("tasks listen on their nodes' swarm addresses (" + ", ".join(
-            f"{n.hostname} {n.address}" for n in serving) + f"), ports {self.base_port + 1}-{self.base_port + 99}: "
-            "the load goes over that network, not loopback")
+        if serving != self.nodes:  # said once per set of nodes, not every trial
+            self.warn("tasks listen on their nodes' swarm addresses (" + ", ".join(
+                f"{n.hostname} {n.address}" for n in serving) + f"), ports {self.base_port + 1}-{self.base_port + 99}: "
+                "the load goes over that network, not loopback")
         return serving
 
     def _bind_address(self, node: Node) -> str:
-        """Loopback on a one-node swarm; the node's swarm address on a larger one."""
-        return HOST if len(self.nodes) <= 1 else node.address
+        """Loopback for a task on this host's own node, where the load generator runs; the
+        node's swarm address on any other (counting serving nodes instead put the one labelled
+        worker of a two-node swarm on loopback, out of the generator's reach)."""
+        return HOST if node.id == self.own_node_id else node.address
+
+    def _engine(self, node: Node) -> Any | None:
+        """A client of the Docker engine on `node`: this host's for the node it is, the one given
+        for it with --swarm-engine, else None (a task there cannot be inspected or killed)."""
+        if node.id == self.own_node_id:
+            return self.client
+        url = self.engine_urls.get(node.hostname)
+        if url is None:
+            return None
+        if url not in self._engines:
+            import docker
+
+            try:
+                self._engines[url] = docker.DockerClient(base_url=url, use_ssh_client=url.startswith("ssh://"),
+                                                         version="auto", timeout=30)
+            except Exception as error:  # noqa: BLE001  # any failure: this node cannot be measured
+                raise DeployError("swarm", f"--swarm-engine {node.hostname}={url}: cannot reach it "
+                                           f"({type(error).__name__}: {error})") from None
+        return self._engines[url]
 
     def _meter(self, node: Node, container_id: str) -> Cgroup | EngineStats:
         """What reads a task's CPU and memory: its node's Docker engine if one was given for it
         (--swarm-engine), else this host's cgroups (a task here)."""
-        url = self.engine_urls.get(node.hostname)
-        if url is not None:
-            if url not in self._engines:
-                import docker
-
-                try:
-                    self._engines[url] = docker.DockerClient(base_url=url, use_ssh_client=url.startswith("ssh://"),
-                                                             version="auto", timeout=30)
-                except Exception as error:  # noqa: BLE001  # any failure: this node cannot be measured
-                    raise DeployError("swarm", f"--swarm-engine {node.hostname}={url}: cannot reach it "
-                                               f"({type(error).__name__}: {error})") from None
-            return EngineStats(self._engines[url], container_id)
-        if node.id != self.client.info()["Swarm"]["NodeID"]:
+        if node.hostname in self.engine_urls:
+            return EngineStats(self._engine(node), container_id)
+        if node.id != self.own_node_id:
             raise DeployError("swarm", f"a task runs on node {node.hostname}, whose CPU this host cannot read; "
                                        f"give its Docker engine: --swarm-engine {node.hostname}=ssh://USER@{node.hostname}")
         return container_cgroup(container_id)
@@ -327,16 +342,25 @@ class SwarmBackend:
         raise DeployError("timeout", f"service {self.service.name} not ready after {self.ready_timeout:g} s")
 
     def _oom_killed_task(self) -> int | None:
-        """The slot of a task whose container the kernel OOM-killed, if any."""
+        """The slot of a task whose container the kernel OOM-killed, if any, asked of the
+        engine of the node the task ran on (a container exists only on its own node)."""
+        import docker
+
+        nodes = {node.id: node for node in swarm_nodes(self.client)}
         for task in self.service.tasks():
             container_id = task["Status"].get("ContainerStatus", {}).get("ContainerID")
-            if task["Status"]["State"] in ("failed", "shutdown", "complete") and container_id:
-                try:
-                    state = self.client.api.inspect_container(container_id)["State"]
-                except Exception:  # noqa: BLE001, S112  # already removed
-                    continue
-                if state.get("OOMKilled"):
-                    return int(task["Slot"])
+            if task["Status"]["State"] not in ("failed", "shutdown", "complete") or not container_id:
+                continue
+            node = nodes.get(task.get("NodeID", ""))
+            engine = self._engine(node) if node is not None else None
+            if engine is None:
+                continue  # a node that left, or one without --swarm-engine: nothing to ask
+            try:
+                state = engine.api.inspect_container(container_id)["State"]
+            except docker.errors.NotFound:  # already removed
+                continue
+            if state.get("OOMKilled"):
+                return int(task["Slot"])
         return None
 
     def _raise_if_oom(self, server: ServerConfig) -> None:
@@ -390,18 +414,26 @@ class SwarmBackend:
         slot, container_id, _ = self._tasks[-1]
         task_ids = {task["ID"] for task in self.service.tasks()
                     if task["Status"].get("ContainerStatus", {}).get("ContainerID") == container_id}
+        engine = self._engine(self._task_nodes[-1])
+        if engine is None:
+            raise DeployError("chaos", f"task {slot} runs on node {self._task_nodes[-1].hostname}, whose engine this "
+                                       f"host cannot reach; give it: --swarm-engine {self._task_nodes[-1].hostname}=URL")
         self._killed.append((slot, frozenset(task_ids)))
-        self.client.containers.get(container_id).kill()  # SIGKILL, by the container id of this run's task
+        engine.containers.get(container_id).kill()  # SIGKILL, on its own node, by the container id of this run's task
         return f"task {slot}"
 
     def _remove_service(self) -> None:
         if self.service is not None:
             service, self.service, self.current, self._tasks, self._task_nodes = self.service, None, None, [], []
             service.remove()
-            deadline = time.monotonic() + 60  # its containers go away asynchronously
-            label = f"{LABEL_RUN}={self.run.run_id}"  # ignore_removed: tasks vanish while listed
-            while self.client.containers.list(all=True, filters={"label": label}, ignore_removed=True) and time.monotonic() < deadline:
-                time.sleep(0.3)
+            # Its containers go away asynchronously, each on its own node: wait on every engine
+            # this run can reach (ignore_removed: tasks vanish while listed).
+            deadline = time.monotonic() + 60
+            label = f"{LABEL_RUN}={self.run.run_id}"
+            for engine in [self.client, *self._engines.values()]:
+                while (engine.containers.list(all=True, filters={"label": label}, ignore_removed=True)
+                       and time.monotonic() < deadline):
+                    time.sleep(0.3)
 
     def close(self) -> None:
         """Remove the service; leave the swarm too if this run initialised it (--swarm-init)."""

@@ -44,6 +44,17 @@ def start_worker(project: Path, name: str, url: str, *extra: str, hostname: str 
                             env=env)
 
 
+def wait_for_study(name: str, url: str, worker: subprocess.Popen[str], timeout: float = 120) -> optuna.Study:
+    """The study `name` once `worker` has created it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return optuna.load_study(study_name=name, storage=url)
+        except KeyError:
+            assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[0]
+            time.sleep(0.2)
+
+
 def wait_for_trial_of(study: optuna.Study, pid: int, worker: subprocess.Popen[str], timeout: float = 240) -> None:
     """Until `pid` is measuring a trial (its configuration is recorded)."""
     deadline = time.monotonic() + timeout
@@ -59,14 +70,7 @@ def test_two_workers_finish_one_study_and_a_killed_workers_trial_is_retried(
     write_study(project, "shared", trials=12, requests=150)  # enough that a still has trials when b starts
     other_state = project / "state-host-a"
     a = start_worker(project, "shared", url, hostname=OTHER_HOST, state_dir=other_state)
-    deadline = time.monotonic() + 120
-    while True:  # a creates the study; b joins it
-        try:
-            study = optuna.load_study(study_name="shared", storage=url)
-            break
-        except KeyError:
-            assert a.poll() is None and time.monotonic() < deadline, a.communicate()[0]
-            time.sleep(0.2)
+    study = wait_for_study("shared", url, a)  # a creates the study; b joins it
     b = start_worker(project, "shared", url)
     wait_for_trial_of(study, a.pid, a)
     wait_for_trial_of(study, b.pid, b)
@@ -180,14 +184,7 @@ def test_a_worker_rides_out_a_restart_of_its_database(project: Path, postgres: P
     url = postgres.new_database()
     write_study(project, "outage", trials=3, requests=400)
     worker = start_worker(project, "outage", url)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            study = optuna.load_study(study_name="outage", storage=url)
-            break
-        except KeyError:
-            assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[0]
-            time.sleep(0.2)
+    study = wait_for_study("outage", url, worker)
     wait_for_trial_of(study, worker.pid, worker)
     postgres.restart(down_s=5)
     out = worker.communicate(timeout=300)[0]

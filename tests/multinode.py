@@ -1,0 +1,207 @@
+"""A multi-node Swarm on one machine, made and removed by the tests themselves.
+
+Each node is a Docker engine of its own (its own data root, exec root, socket and pid file) in
+a network namespace and a UTS namespace of its own, so it has its own addresses and host name.
+The nodes are joined through a switch: a bridge in one more namespace, with a veth link to each
+node. Their addresses (169.254.77.0/24, link-local) exist only inside those namespaces: no
+traffic reaches the host's own interfaces or anything beyond them. Node 1 initialises the
+Swarm and the others join it. Whatever talks to the nodes' addresses (optdse itself, when it
+loads the replicas) runs in a node's network namespace, `BedNode.enter()`.
+
+How it is made, and why:
+- `nsenter --net=/var/run/netns/NS` rather than `ip netns exec NS`: the latter mounts a fresh
+  /sys for the namespace, which hides /sys/fs/cgroup, and dockerd then refuses to start
+  ("Devices cgroup isn't mounted").
+- dockerd runs with `--bridge=none --iptables=false`: the nodes' containers use the host
+  network of their node's namespace (as optdse's swarm backend asks), so no bridge or NAT
+  rules are needed, and none are added to the host's tables.
+- `unshare --uts` and `hostname`, so each node reports a name of its own (Swarm and optdse's
+  --swarm-engine tell nodes apart by it).
+- Images: there is no registry; `load_image` pipes `docker save` from one engine into
+  `docker load` of each node.
+
+Everything is stopped by the pid this module started, and removed by name of what it created
+(its namespaces, links and directories), also when a step fails half-way.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.processes import stop_process
+
+SUBNET = "169.254.77"
+PREFIX = "optdse-bed"
+
+
+class BedUnavailable(RuntimeError):
+    """A step of making the bed is impossible here; the message says which and why."""
+
+
+@dataclass
+class BedNode:
+    index: int
+    root: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{PREFIX}-n{self.index}"
+
+    @property
+    def netns(self) -> str:
+        return f"{PREFIX}-n{self.index}"
+
+    @property
+    def address(self) -> str:
+        return f"{SUBNET}.{self.index}"
+
+    @property
+    def socket_url(self) -> str:
+        return f"unix://{self.root / 'docker.sock'}"
+
+    def enter(self) -> list[str]:
+        """The command prefix that runs a program in this node's network namespace."""
+        return ["nsenter", f"--net=/var/run/netns/{self.netns}"]
+
+    def client(self) -> Any:
+        import docker
+
+        return docker.DockerClient(base_url=self.socket_url, version="auto", timeout=60)
+
+
+@dataclass
+class Bed:
+    root: Path
+    nodes: list[BedNode] = field(default_factory=list)
+    made_netns: list[str] = field(default_factory=list)
+
+    @property
+    def manager(self) -> BedNode:
+        return self.nodes[0]
+
+    @classmethod
+    def start(cls, count: int = 2, timeout: float = 60) -> Bed:
+        """`count` engines joined in one Swarm (node 1 its manager); stopped again if any step fails."""
+        for tool in ("ip", "nsenter", "unshare", "dockerd", "docker"):
+            if shutil.which(tool) is None:
+                raise BedUnavailable(f"{tool} is not installed (iproute2, util-linux, docker.io)")
+        bed = cls(Path(tempfile.mkdtemp(prefix=f"{PREFIX}-")))
+        try:
+            bed._switch()
+            for index in range(1, count + 1):
+                bed._node(index, timeout)
+            bed._swarm()
+        except BaseException:
+            bed.stop()
+            raise
+        return bed
+
+    def _run(self, *command: str, what: str) -> str:
+        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
+        if done.returncode != 0:
+            raise BedUnavailable(f"{what}: `{' '.join(command)}` failed: {done.stderr.strip() or done.stdout.strip()}")
+        return done.stdout
+
+    def _netns(self, name: str) -> None:
+        self._run("ip", "netns", "add", name, what="making a network namespace")
+        self.made_netns.append(name)
+        self._run("ip", "-n", name, "link", "set", "lo", "up", what="bringing up loopback")
+
+    def _switch(self) -> None:
+        switch = f"{PREFIX}-switch"
+        self._netns(switch)
+        self._run("ip", "-n", switch, "link", "add", "br0", "type", "bridge", what="making the switch's bridge")
+        self._run("ip", "-n", switch, "link", "set", "br0", "up", what="bringing up the switch's bridge")
+
+    def _node(self, index: int, timeout: float) -> None:
+        node = BedNode(index, self.root / f"n{index}")
+        node.root.mkdir()
+        self.nodes.append(node)
+        switch = f"{PREFIX}-switch"
+        self._netns(node.netns)
+        # The link is made inside the switch's namespace, so no interface ever appears on the host.
+        port, end = f"sw{index}", f"eth-{index}"
+        self._run("ip", "-n", switch, "link", "add", port, "type", "veth", "peer", "name", end, "netns", node.netns,
+                  what="linking a node to the switch")
+        self._run("ip", "-n", switch, "link", "set", port, "master", "br0", "up", what="attaching the link")
+        self._run("ip", "-n", node.netns, "addr", "add", f"{node.address}/24", "dev", end, what="addressing a node")
+        self._run("ip", "-n", node.netns, "link", "set", end, "up", what="bringing up a node's link")
+        dockerd = ["dockerd", f"--data-root={node.root / 'data'}", f"--exec-root={node.root / 'exec'}",
+                   f"--pidfile={node.root / 'docker.pid'}", f"--host={node.socket_url}",
+                   "--bridge=none", "--iptables=false", "--ip6tables=false"]
+        # nsenter and unshare exec (no fork), and so does the shell: the pid held is dockerd's.
+        command = [*node.enter(), "unshare", "--uts", "sh", "-c", f'hostname {node.name} && exec "$@"', "sh", *dockerd]
+        with (node.root / "dockerd.log").open("wb") as log:
+            node.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                node.client().ping()
+                return
+            except Exception as error:  # noqa: BLE001  # not up yet: the socket appears when it is
+                if node.process.poll() is not None or time.monotonic() > deadline:
+                    tail = (node.root / "dockerd.log").read_text(errors="replace")[-1500:]
+                    raise BedUnavailable(f"starting node {index}'s dockerd: {error}; its log ends: {tail}") from None
+                time.sleep(0.3)
+
+    def _swarm(self) -> None:
+        manager = self.manager.client()
+        manager.swarm.init(advertise_addr=self.manager.address, listen_addr=f"{self.manager.address}:2377")
+        token = manager.swarm.attrs["JoinTokens"]["Worker"]
+        for node in self.nodes[1:]:
+            node.client().swarm.join(remote_addrs=[f"{self.manager.address}:2377"], join_token=token,
+                                     advertise_addr=node.address, listen_addr=f"{node.address}:2377")
+        deadline = time.monotonic() + 60
+        while sum(n.attrs["Status"]["State"] == "ready" for n in manager.nodes.list()) < len(self.nodes):
+            if time.monotonic() > deadline:
+                raise BedUnavailable("joining the swarm: the workers never became ready")
+            time.sleep(0.5)
+
+    def label(self, node: BedNode, key: str, value: str) -> None:
+        """Set a label on `node` (from the manager)."""
+        (swarm_node,) = [n for n in self.manager.client().nodes.list()
+                         if n.attrs["Description"]["Hostname"] == node.name]
+        spec = swarm_node.attrs["Spec"]
+        swarm_node.update({**spec, "Labels": {**spec.get("Labels", {}), key: value}})
+
+    def load_image(self, reference: str, nodes: list[BedNode], source_url: str = "unix:///var/run/docker.sock") -> None:
+        """`docker save` `reference` from the engine at `source_url` into `nodes` (streamed)."""
+        for node in nodes:
+            save = subprocess.Popen(["docker", "-H", source_url, "save", reference], stdout=subprocess.PIPE)
+            load = subprocess.run(["docker", "-H", node.socket_url, "load", "--quiet"], stdin=save.stdout,
+                                  capture_output=True, text=True, check=False, timeout=600)
+            assert save.stdout is not None
+            save.stdout.close()
+            if save.wait(60) != 0 or load.returncode != 0:
+                raise BedUnavailable(f"loading {reference} into node {node.index}: {load.stderr.strip()}")
+
+    def stop(self) -> None:
+        """Leave the swarm, stop each dockerd by its pid, remove the namespaces and files."""
+        for node in reversed(self.nodes):
+            if node.process is None or node.process.poll() is not None:
+                continue
+            try:
+                node.client().swarm.leave(force=True)
+            except Exception:  # noqa: BLE001, S110  # not in a swarm, or the engine is gone: stop it anyway
+                pass
+            stop_process(node.process, signal.SIGTERM, grace_s=60)
+        # What a dockerd may leave mounted under its roots (the nsfs of its network namespace
+        # at exec-root/netns/default): unmounted, deepest first, so the namespace can go too.
+        mounted = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
+                   if line.split()[1].startswith(f"{self.root}/")]
+        for mount_point in sorted(mounted, key=len, reverse=True):
+            subprocess.run(["umount", "--lazy", mount_point], capture_output=True, check=False)
+        for name in reversed(self.made_netns):
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+__all__ = ["Bed", "BedNode", "BedUnavailable"]
