@@ -53,10 +53,7 @@ class BedNode:
 
     @property
     def name(self) -> str:
-        return f"{PREFIX}-n{self.index}"
-
-    @property
-    def netns(self) -> str:
+        """Its host name, and the name of its network namespace."""
         return f"{PREFIX}-n{self.index}"
 
     @property
@@ -69,7 +66,7 @@ class BedNode:
 
     def enter(self) -> list[str]:
         """The command prefix that runs a program in this node's network namespace."""
-        return ["nsenter", f"--net=/var/run/netns/{self.netns}"]
+        return ["nsenter", f"--net=/var/run/netns/{self.name}"]
 
     def client(self) -> Any:
         import docker
@@ -126,14 +123,14 @@ class Bed:
         node.root.mkdir()
         self.nodes.append(node)
         switch = f"{PREFIX}-switch"
-        self._netns(node.netns)
+        self._netns(node.name)
         # The link is made inside the switch's namespace, so no interface ever appears on the host.
         port, end = f"sw{index}", f"eth-{index}"
-        self._run("ip", "-n", switch, "link", "add", port, "type", "veth", "peer", "name", end, "netns", node.netns,
+        self._run("ip", "-n", switch, "link", "add", port, "type", "veth", "peer", "name", end, "netns", node.name,
                   what="linking a node to the switch")
         self._run("ip", "-n", switch, "link", "set", port, "master", "br0", "up", what="attaching the link")
-        self._run("ip", "-n", node.netns, "addr", "add", f"{node.address}/24", "dev", end, what="addressing a node")
-        self._run("ip", "-n", node.netns, "link", "set", end, "up", what="bringing up a node's link")
+        self._run("ip", "-n", node.name, "addr", "add", f"{node.address}/24", "dev", end, what="addressing a node")
+        self._run("ip", "-n", node.name, "link", "set", end, "up", what="bringing up a node's link")
         dockerd = ["dockerd", f"--data-root={node.root / 'data'}", f"--exec-root={node.root / 'exec'}",
                    f"--pidfile={node.root / 'docker.pid'}", f"--host={node.socket_url}",
                    "--bridge=none", "--iptables=false", "--ip6tables=false"]
