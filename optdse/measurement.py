@@ -255,7 +255,8 @@ def combine_repeats(results: list[Measurement]) -> Measurement:
     """One configuration measured several times in a row, as one trial's figures.
 
     Every float figure is the mean over the repeats and every count the sum, so objectives
-    are averages; percentiles come from the repeats' histograms merged; lists, flags and the time series come from the first repeat. The spread of
+    are averages (ACU per node too); percentiles come from the repeats' histograms merged;
+    lists, flags and the time series come from the first repeat. The spread of
     ART and ACU is kept as coefficients of variation: a difference between two trials smaller
     than a few CVs is noise, not a better configuration."""
     first = results[0]
@@ -278,7 +279,11 @@ def combine_repeats(results: list[Measurement]) -> Measurement:
                     late_max_ms=max(r.late_max_ms for r in results),
                     replicas_killed=[name for r in results for name in r.replicas_killed],
                     error_codes={code: sum(r.error_codes.get(code, 0) for r in results)
-                                 for r in results for code in r.error_codes})
+                                 for r in results for code in r.error_codes},
+                    # Each node's mean, as acu_cores is, so the nodes still sum to it (a node
+                    # without replicas in one repeat counts 0 there).
+                    acu_by_node={node: round(float(np.mean([r.acu_by_node.get(node, 0.0) for r in results])), 4)
+                                 for node in dict.fromkeys(n for r in results for n in r.acu_by_node)})
     return replace(first, **combined)
 
 

@@ -1,12 +1,16 @@
-"""Pure logic of measuring: the stability rule's windows (optdse/stability.py) and the latency
-histograms (optdse/histograms.py). Real runs under the rule are in test_open_loop.py."""
+"""Pure logic of measuring: the stability rule's windows (optdse/stability.py), the latency
+histograms (optdse/histograms.py) and repeats combined into one trial (optdse/measurement.py).
+Real runs under the rule are in test_open_loop.py."""
 
 from __future__ import annotations
+
+import typing
 
 import numpy as np
 import pytest
 
 from optdse.histograms import LatencyHistogram
+from optdse.measurement import Measurement, combine_repeats
 from optdse.stability import StabilityJudge, StabilityRule
 
 
@@ -91,3 +95,22 @@ def test_merged_histograms_equal_the_histogram_of_all_values_not_an_average() ->
 def test_an_empty_histogram_reports_no_figures() -> None:
     empty = LatencyHistogram.of([])
     assert empty.count == 0 and np.isnan(empty.percentile_ms(99)) and empty.distribution() == []
+
+
+def figures(**given: object) -> Measurement:
+    """A Measurement with `given` figures and every other field blank (0, "", empty, None)."""
+    def blank(hint: object) -> object:
+        origin = typing.get_origin(hint)
+        return origin() if origin in (list, dict) else {float: 0.0, int: 0, bool: True, str: ""}.get(hint)  # type: ignore[call-overload]
+
+    return Measurement(**{name: given[name] if name in given else blank(hint)
+                          for name, hint in typing.get_type_hints(Measurement).items()})
+
+
+def test_repeats_average_acu_per_node_so_the_nodes_still_sum_to_acu() -> None:
+    """Per node as for acu_cores: a node without replicas in one repeat counts 0 there."""
+    combined = combine_repeats([figures(acu_cores=0.6, acu_by_node={"a": 0.4, "b": 0.2}),
+                                figures(acu_cores=0.3, acu_by_node={"a": 0.3})])
+    assert combined.acu_cores == pytest.approx(0.45)
+    assert combined.acu_by_node == {"a": 0.35, "b": 0.1}
+    assert sum(combined.acu_by_node.values()) == pytest.approx(combined.acu_cores)
