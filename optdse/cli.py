@@ -357,6 +357,7 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 
 def _clean(args: argparse.Namespace) -> int:
+    from optdse.deploy.base import DeployError
     from optdse.deploy.cgroups import CgroupDriver
     from optdse.deploy.docker import clean_stale_containers
     from optdse.deploy.runs import clean_stale_runs
@@ -364,7 +365,11 @@ def _clean(args: argparse.Namespace) -> int:
 
     driver, _ = CgroupDriver.detect()
     report = clean_stale_runs(driver)  # first: a relay keeps its namespace alive
-    containers = clean_stale_containers(report.live)
+    try:
+        containers = clean_stale_containers(report.live, [url for _, url in args.swarm_engine or []])
+    except DeployError as error:
+        print(f"optdse clean: {error}", file=sys.stderr)
+        return 1
     namespaces = clean_stale_namespaces(report.live)
     if not report.runs and not containers and not namespaces:
         print("nothing to clean: no leftovers of stopped optdse runs")
@@ -402,11 +407,11 @@ def _node_engine(text: str) -> tuple[str, str]:
     return node, url
 
 
-def _add_swarm_engine_option(parser: argparse.ArgumentParser) -> None:
+def _add_swarm_engine_option(parser: argparse.ArgumentParser, help_text: str = "") -> None:
     parser.add_argument("--swarm-engine", type=_node_engine, action="append", metavar="NODE=URL",
-                        help="swarm: the Docker engine of node NODE (its hostname), e.g. ssh://root@NODE, through "
-                             "which the CPU of its tasks is read; needed for every serving node but this one "
-                             "(repeat the option per node)")
+                        help=help_text or "swarm: the Docker engine of node NODE (its hostname), e.g. ssh://root@NODE, "
+                                          "through which the CPU of its tasks is read; needed for every serving node "
+                                          "but this one (repeat the option per node)")
 
 
 def _add_trial_options(parser: argparse.ArgumentParser) -> None:
@@ -540,6 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.set_defaults(run=_dashboard)
 
     clean = commands.add_parser("clean", help="stop and remove what killed optdse runs left behind")
+    _add_swarm_engine_option(clean, "swarm: also the Docker engine of node NODE, whose containers of stopped runs "
+                                    "are removed and waited for there (repeat the option per node)")
     clean.set_defaults(run=_clean)
 
     from serving.models import EXPORTERS

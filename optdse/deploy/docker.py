@@ -327,14 +327,36 @@ class DockerBackend(ReplicaChecks):
             self.run.finish()
 
 
-def clean_stale_containers(live_runs: set[str]) -> list[str]:
-    """Remove the Swarm services and containers of optdse runs that are no longer alive
-    (found by their optdse.run label); return their names."""
+def clean_stale_containers(live_runs: set[str], engine_urls: list[str] | None = None) -> list[str]:
+    """Remove the Swarm services, configs and containers of optdse runs that are no longer
+    alive (found by their optdse.run label) from this host's engine, then their containers
+    from each engine in `engine_urls` (other swarm nodes: a removed service's tasks go away
+    there asynchronously, and this waits until they have); return their names."""
+    def stale(run_id: str | None) -> bool:
+        return run_id not in live_runs and not (run_id and run_owner_alive(run_id))
+
     try:
         client = docker_client()
     except DeployError:
         return []
-    return remove_labelled(client, lambda run_id: run_id not in live_runs and not (run_id and run_owner_alive(run_id)))
+    removed = remove_labelled(client, stale)
+    for url in engine_urls or []:
+        import docker
+
+        try:
+            engine = docker.DockerClient(base_url=url, use_ssh_client=url.startswith("ssh://"), version="auto", timeout=30)
+        except docker.errors.DockerException as error:
+            raise DeployError("swarm", f"--swarm-engine {url}: cannot reach it ({error}); removed so far: "
+                                       f"{', '.join(removed) or 'nothing'}") from None
+        try:
+            removed += remove_labelled(engine, stale)
+            deadline = time.monotonic() + 60
+            while (any(stale(c.labels.get(LABEL_RUN)) for c in engine.containers.list(
+                    all=True, filters={"label": LABEL_RUN}, ignore_removed=True)) and time.monotonic() < deadline):
+                time.sleep(0.3)
+        finally:
+            engine.close()
+    return removed
 
 
 def remove_labelled(client: Any, whose: Callable[[str | None], bool]) -> list[str]:

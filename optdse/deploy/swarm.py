@@ -24,6 +24,7 @@ stats API); a task on another node without an engine is a DeployError, never a s
 
 from __future__ import annotations
 
+import selectors
 import shlex
 import socket
 import time
@@ -126,18 +127,48 @@ def block_ports(base: int) -> list[int]:
     return [*range(base + 1, base + REST_OFFSET), *range(base + REST_OFFSET + 1, base + 2 * REST_OFFSET)]
 
 
-def free_base_port(host: str = HOST) -> int:
-    """The first base port whose whole block is free on `host` (checked by binding each port),
-    so that a later update to more replicas cannot land on a port something else holds."""
+def answering_ports(address: str, ports: list[int], timeout: float = 1.0) -> set[int]:
+    """The ports at `address` that accept a TCP connection: how a port on another node is found
+    taken, since this host cannot bind there. All are tried at once (non-blocking connects),
+    so a firewall that drops them costs `timeout` once; a port that neither accepts nor
+    refuses by then counts as free, as the load generator could not reach it either."""
+    pending: dict[socket.socket, int] = {}
+    answering: set[int] = set()
+    with selectors.DefaultSelector() as selector:
+        try:
+            for port in ports:
+                sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
+                sock.setblocking(False)
+                sock.connect_ex((address, port))
+                pending[sock] = port
+                selector.register(sock, selectors.EVENT_WRITE)
+            deadline = time.monotonic() + timeout
+            while selector.get_map() and time.monotonic() < deadline:
+                for key, _ in selector.select(max(0.0, deadline - time.monotonic())):
+                    selector.unregister(key.fileobj)
+                    if key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:  # type: ignore[union-attr]
+                        answering.add(pending[key.fileobj])  # type: ignore[index]
+        finally:
+            for sock in pending:
+                sock.close()
+    return answering
+
+
+def free_base_port(remote_addresses: tuple[str, ...] = ()) -> int:
+    """The first base port whose whole block is free: on this host's loopback (checked by
+    binding each port) and at each of `remote_addresses`, the other serving nodes (nothing
+    answers there), so that a later update to more replicas cannot land on a port something
+    else holds on any node."""
     for base in PORT_RANGE:
         try:
             for port in block_ports(base):
                 with socket.socket() as sock:
-                    sock.bind((host, port))
-            return base
+                    sock.bind((HOST, port))
         except OSError:
             continue
-    raise DeployError("swarm", "no free block of loopback ports for the service's tasks")
+        if not any(answering_ports(address, block_ports(base)) for address in remote_addresses):
+            return base
+    raise DeployError("swarm", "no block of ports free on every serving node for the service's tasks")
 
 
 class SwarmBackend:
@@ -173,7 +204,8 @@ class SwarmBackend:
         self.base_port = 0
         self._tasks: list[tuple[int, str, Cgroup | EngineStats]] = []  # (slot, container id, meter) of running tasks
         self._task_nodes: list[Node] = []  # the node of each of _tasks
-        self.nodes: list[Node] = []
+        self.nodes: list[Node] = []  # the serving nodes, as of the last create or update
+        self._said_nodes: list[Node] = []  # the nodes the last warning named
         self._killed: list[tuple[int, frozenset[str]]] = []  # (slot, task ids) killed by kill_replica
         self._lost: set[str] = set()  # task ids killed since the last apply: wait for their replacements
         self._last_oom_check = 0.0
@@ -229,21 +261,32 @@ class SwarmBackend:
             raise DeployError("swarm", f"at most {REST_OFFSET - 1} replicas fit in a service's block of "
                                        f"loopback ports (asked for {server.replicas})")
         replaced: set[str] = set()
+        nodes_changed = False
         self._note_killed()  # in case the trial failed before its check
         try:
+            if self.service is not None and server != self.current:
+                # Nodes labelled (or joined) since the service was made get their bind address
+                # too; if the service's block of ports is taken on one of them, a new service
+                # takes a block free everywhere.
+                nodes = self._serving_nodes()
+                added = self._remote_addresses([node for node in nodes if node not in self.nodes])
+                if any(answering_ports(address, block_ports(self.base_port)) for address in added):
+                    self._remove_service()
+                nodes_changed, self.nodes = nodes != self.nodes, nodes
             if self.service is None:
-                self.base_port = free_base_port()
                 self.nodes = self._serving_nodes()
+                self.base_port = free_base_port(self._remote_addresses(self.nodes))
+                self._say_where(self.nodes)
                 self.service = self.client.services.create(**self._spec(server))
             elif self._lost and server == self.current:
                 replaced = set(self._lost)
             elif server != self.current:
-                # Nodes labelled (or joined) since the service was made get their bind address too.
-                self.nodes = self._serving_nodes()
+                self._say_where(self.nodes)
                 self.service.reload()
-                if self.current is None or replace(self.current, replicas=server.replicas) != server:
-                    # New limits replace every task; until Swarm starts doing so, the service
-                    # still shows the last update "completed" and the old tasks answering.
+                if nodes_changed or self.current is None or replace(self.current, replicas=server.replicas) != server:
+                    # New limits (or nodes' addresses) replace every task; until Swarm starts
+                    # doing so, the service still shows the last update "completed" and the
+                    # old tasks answering.
                     replaced = {t["ID"] for t in self.service.tasks()}
                 self.service.update(**self._spec(server))
         except docker_errors().APIError as error:
@@ -269,11 +312,19 @@ class SwarmBackend:
         if self.image.mode == "host-python":
             raise DeployError("image", "the host-python image mounts this host's Python and cannot run on other nodes; "
                                        "use serving/Dockerfile's image (--image optdse/serving), loaded on every node")
-        if serving != self.nodes:  # said once per set of nodes, not every trial
-            self.warn("tasks listen on their nodes' swarm addresses (" + ", ".join(
-                f"{n.hostname} {n.address}" for n in serving) + f"), ports {self.base_port + 1}-{self.base_port + 99}: "
-                "the load goes over that network, not loopback")
         return serving
+
+    def _remote_addresses(self, nodes: list[Node]) -> tuple[str, ...]:
+        """The addresses tasks listen on for the nodes other than this host's own."""
+        return tuple(node.address for node in nodes if node.id != self.own_node_id)
+
+    def _say_where(self, nodes: list[Node]) -> None:
+        """Warn, once per set of nodes, that tasks on other nodes listen on their swarm address."""
+        if self._remote_addresses(nodes) and nodes != self._said_nodes:
+            self._said_nodes = nodes
+            self.warn("tasks listen on their nodes' swarm addresses (" + ", ".join(
+                f"{n.hostname} {self._bind_address(n)}" for n in nodes) + f"), ports {self.base_port + 1}-"
+                f"{self.base_port + 2 * REST_OFFSET - 1}: the load goes over that network, not loopback")
 
     def _bind_address(self, node: Node) -> str:
         """Loopback for a task on this host's own node, where the load generator runs; the

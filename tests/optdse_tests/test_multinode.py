@@ -6,18 +6,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import optuna
 import pytest
 
 from optdse.deploy.swarm import SERVE_LABEL
 from tests.multinode import Bed, BedUnavailable
 from tests.optdse_tests.conftest import require_docker
+from tests.processes import stop_process
 from tests.serving_process import optdse_command
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +57,28 @@ def test_the_bed_is_a_two_node_swarm_on_addresses_of_its_own(bed: Bed) -> None:
 
 
 @pytest.fixture(scope="module")
-def on_worker(bed: Bed, serving_image: str) -> list[str]:
-    """The bed's worker labelled for replicas and the serving image on every node; the command
-    prefix that runs optdse on the manager (its namespace, its engine) against that worker."""
+def image_on_bed(bed: Bed, serving_image: str) -> str:
+    """The serving image in every engine of the bed (~3 GB each: the manager inspects it, the
+    nodes run it)."""
     require_docker()
-    worker = bed.nodes[1]
-    bed.label(worker, SERVE_LABEL, "true")
-    bed.load_image(serving_image, bed.nodes)  # ~3 GB each: the manager inspects it, the worker runs it
-    return [*bed.manager.enter(), "env", f"DOCKER_HOST={bed.manager.socket_url}", *optdse_command(), "measure",
-            "--backend", "swarm", "--image", serving_image, "--swarm-engine", f"{worker.name}={worker.socket_url}"]
+    bed.load_image(serving_image, bed.nodes)
+    return serving_image
+
+
+def on_manager(bed: Bed, *args: str) -> list[str]:
+    """The command that runs optdse on the manager: in its network namespace, with its engine."""
+    return [*bed.manager.enter(), "env", f"DOCKER_HOST={bed.manager.socket_url}", *optdse_command(), *args]
+
+
+def worker_engine(bed: Bed) -> list[str]:
+    return ["--swarm-engine", f"{bed.nodes[1].name}={bed.nodes[1].socket_url}"]
+
+
+@pytest.fixture(scope="module")
+def on_worker(bed: Bed, image_on_bed: str) -> list[str]:
+    """The bed's worker labelled for replicas; the command that measures there from the manager."""
+    bed.label(bed.nodes[1], SERVE_LABEL, "true")
+    return on_manager(bed, "measure", "--backend", "swarm", "--image", image_on_bed, *worker_engine(bed))
 
 
 def run(command: list[str], project: Path) -> subprocess.CompletedProcess[str]:
@@ -65,11 +86,56 @@ def run(command: list[str], project: Path) -> subprocess.CompletedProcess[str]:
 
 
 def left_on(bed: Bed) -> list[str]:
-    """What optdse left on any engine of the bed: services, and containers of its runs."""
-    return ([s.name for s in bed.manager.client().services.list()]
+    """What optdse left on any engine of the bed: services, configs, and containers of its runs."""
+    manager = bed.manager.client()
+    return ([s.name for s in manager.services.list()] + [c.name for c in manager.configs.list()]
             + [c.name for node in bed.nodes for c in node.client().containers.list(all=True, filters={"label": "optdse.run"})])
 
 
+def test_a_node_labelled_after_the_service_was_made_gets_its_own_address(
+        bed: Bed, image_on_bed: str, project: Path, mnist_base_path: Path) -> None:
+    """The service starts with one replica on the labelled manager (loopback); the worker is
+    labelled next, and the second replica lands there listening on its swarm address, which the
+    update must hand it (a task without its node's address would listen on loopback, out of
+    the manager's reach)."""
+    manager, worker = bed.nodes
+    bed.label(worker, SERVE_LABEL, "false")
+    bed.label(manager, SERVE_LABEL, "true")
+    try:
+        done = run([*bed.manager.enter(), "env", f"DOCKER_HOST={bed.manager.socket_url}", sys.executable, "-c",
+                    SCALE_ONTO_A_NEWLY_LABELLED_NODE, str(mnist_base_path), image_on_bed, worker.name,
+                    worker.socket_url], project)
+    finally:
+        bed.label(manager, SERVE_LABEL, "false")
+        bed.label(worker, SERVE_LABEL, "true")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout) == [["127.0.0.1"], ["127.0.0.1", worker.address]], done.stderr
+    assert left_on(bed) == []
+
+
+#: Run in the manager's namespace: apply one replica, label the worker, apply two; print each
+#: apply's endpoint hosts (apply returns once every replica answered AVAILABLE there).
+SCALE_ONTO_A_NEWLY_LABELLED_NODE = """
+import json, sys
+from pathlib import Path
+from optdse.config import ServerConfig
+from optdse.deploy.swarm import SERVE_LABEL, SwarmBackend
+from optdse.models import builtin
+
+base_path, image, worker, url = sys.argv[1:]
+backend = SwarmBackend(Path(base_path), warn=lambda text: print(text, file=sys.stderr), image=image,
+                       engines={worker: url}, ready_timeout=90)
+hosts = []
+try:
+    for replicas in (1, 2):
+        endpoints = backend.apply(ServerConfig(model=builtin("mnist"), replicas=replicas, cpus=0.5, memory_mb=1000))
+        hosts.append(sorted(endpoint.host for endpoint in endpoints))
+        (node,) = [n for n in backend.client.nodes.list() if n.attrs["Description"]["Hostname"] == worker]
+        node.update({**node.attrs["Spec"], "Labels": {SERVE_LABEL: "true"}})
+finally:
+    backend.close()
+print(json.dumps(hosts))
+"""
 def test_a_measurement_places_replicas_on_the_labelled_worker_and_reads_its_cpu(
         bed: Bed, on_worker: list[str], project: Path) -> None:
     worker = bed.nodes[1]
@@ -95,4 +161,92 @@ def test_a_chaos_kill_and_an_oom_on_the_worker_node_are_reported_as_such(
     assert json.loads(killed.stdout)["replicas_killed"] == ["task 2"]
     oom = run([*on_worker, "--replicas", "1", "--memory", "64", "--requests", "100"], project)
     assert oom.returncode != 0 and "killed by its 64 MB memory limit" in oom.stderr, oom.stdout + oom.stderr
+    assert left_on(bed) == []
+
+
+def test_a_port_held_on_the_worker_moves_the_service_to_a_block_free_there(
+        bed: Bed, on_worker: list[str], project: Path) -> None:
+    """The first block (20001-20099) is free on the manager, where optdse runs, but a program on
+    the worker listens on its first port: a task there could not bind it."""
+    worker = bed.nodes[1]
+    holder = subprocess.Popen([*worker.enter(), sys.executable, "-c", HOLD_A_PORT, worker.address, "20001"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "listening"
+        done = run([*on_worker, "--replicas", "1", "--requests", "200", "--json"], project)
+    finally:
+        stop_process(holder, signal.SIGTERM, grace_s=10)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["errors"] == 0
+    block = re.search(r"ports (\d+)-(\d+)", done.stderr)
+    assert block is not None and int(block[1]) > 20001, done.stderr
+    assert left_on(bed) == []
+
+
+#: A listener on ADDRESS:PORT (in the worker's namespace), until stopped.
+HOLD_A_PORT = """
+import socket, sys, time
+with socket.socket() as sock:
+    sock.bind((sys.argv[1], int(sys.argv[2])))
+    sock.listen()
+    print("listening", flush=True)
+    time.sleep(300)
+"""
+
+
+def bed_study(project: Path, name: str, first_point: str) -> None:
+    """studies/mnist-pareto.yaml and its search space in `project`, as NAME, starting from
+    `first_point` (the shipped file starts from one replica)."""
+    (project / "studies").mkdir(exist_ok=True)
+    shutil.copytree(REPO / "search_spaces", project / "search_spaces", dirs_exist_ok=True)
+    text = (REPO / "studies" / "mnist-pareto.yaml").read_text()
+    first = re.search(r"^  - \{replicas.*\}$", text, re.MULTILINE)
+    assert first is not None
+    (project / "studies" / f"{name}.yaml").write_text(text.replace(first[0], f"  - {first_point}"))
+
+
+def test_a_study_on_the_bed_measures_every_trial_on_the_worker(
+        bed: Bed, on_worker: list[str], image_on_bed: str, project: Path) -> None:
+    """optdse study mnist-pareto, started from two replicas, with --repeats 2: each trial's ACU
+    is its worker's, read through the worker's engine, and the nodes sum to the objective."""
+    bed_study(project, "mnist-pareto", "{replicas: 2, cpus: 0.5, memory_mb: 1000, file_size: 1}")
+    storage = f"sqlite:///{project / 'bed.db'}"
+    done = run(on_manager(bed, "study", "mnist-pareto", "--backend", "swarm", "--image", image_on_bed,
+                          *worker_engine(bed), "--storage", storage, "--trials", "3", "--repeats", "2",
+                          "--duration", "3"), project)
+    assert done.returncode == 0, done.stdout + done.stderr
+    states = optuna.trial.TrialState
+    trials = optuna.load_study(study_name="mnist-pareto", storage=storage).trials
+    assert {t.state for t in trials} == {states.COMPLETE, states.WAITING}  # the rest of the start points wait
+    trials = [t for t in trials if t.state == states.COMPLETE]
+    assert len(trials) == 3
+    worker = bed.nodes[1].name
+    for trial in trials:
+        attrs = trial.user_attrs
+        assert trial.params["replicas"] == 2 and attrs["repeats"] == 2
+        assert set(attrs["acu_by_node"]) == {worker} and attrs["accounting"] == f"{worker}: docker engine stats API"
+        assert sum(attrs["acu_by_node"].values()) == pytest.approx(trial.values[1], rel=0.01, abs=1e-3)
+    assert left_on(bed) == []
+
+
+def test_optdse_clean_after_a_killed_study_leaves_nothing_on_any_engine(
+        bed: Bed, on_worker: list[str], image_on_bed: str, project: Path) -> None:
+    """SIGKILL: the study cannot remove its service; `optdse clean` on the manager, given the
+    worker's engine, removes the service there and waits for its containers on the worker."""
+    bed_study(project, "killed", "{replicas: 2, cpus: 0.5, memory_mb: 1000, file_size: 1}")
+    study = subprocess.Popen(on_manager(bed, "study", "killed", "--backend", "swarm", "--image", image_on_bed,
+                                        *worker_engine(bed), "--storage", f"sqlite:///{project / 'k.db'}"),
+                             cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        worker = bed.nodes[1].client()
+        deadline = time.monotonic() + 180
+        while not worker.containers.list(filters={"label": "optdse.run", "status": "running"}):
+            assert study.poll() is None and time.monotonic() < deadline, "the study never started its replicas"
+            time.sleep(0.5)
+    finally:
+        stop_process(study, signal.SIGKILL, grace_s=10)
+    assert left_on(bed) != []  # what the killed study left
+    cleaned = run(on_manager(bed, "clean", *worker_engine(bed)), project)
+    assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+    assert "cleaned 1 stopped run(s)" in cleaned.stdout
     assert left_on(bed) == []
