@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,6 +76,29 @@ def test_labelled_nodes_get_the_replicas_on_their_own_address(mnist_base_path: P
             assert meter.memory_bytes() > 0
         assert backend.accounting == f"{labelled_node}: docker engine stats API"
         assert backend.usage().nodes == (labelled_node, labelled_node)
+    finally:
+        backend.close()
+
+
+def test_a_sample_read_through_an_engine_is_stamped_when_its_figures_were_read(
+        mnist_base_path: Path, labelled_node: str, cgroup_driver: CgroupDriver, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """The engine's stats call answers at its next collection tick, up to a second after it was
+    asked. With the task burning its 0.5-core limit, a stamp off by d seconds shows as 0.5 d
+    CPU-seconds against the task's cgroup read at the stamp; three samples must agree."""
+    monkeypatch.setenv("OPTDSE_STATE_DIR", str(tmp_path / "state"))
+    backend = SwarmBackend(mnist_base_path, warn=pytest.fail, engines={labelled_node: LOCAL_ENGINE})
+    try:
+        backend.apply(ServerConfig(model=builtin("mnist"), replicas=1, cpus=0.5, memory_mb=1000))
+        (container_id,) = backend.replica_ids()
+        docker_client().containers.get(container_id).exec_run(["timeout", "20", "sh", "-c", "while :; do :; done"],
+                                                             detach=True)
+        cgroup = container_cgroup(container_id)
+        time.sleep(1)  # the loop is running at the limit
+        for _ in range(3):
+            sample = backend.usage()
+            direct, now = cgroup.cpu_seconds(), time.perf_counter()
+            assert sample.cpu_seconds[0] == pytest.approx(direct - 0.5 * (now - sample.time), abs=0.05)
     finally:
         backend.close()
 
