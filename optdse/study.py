@@ -372,8 +372,9 @@ START_LEVELS = 4
 def start_points(study: Study) -> list[dict[str, float]]:
     """The configurations a new study measures before its sampler proposes any: the study
     file's `enqueue` list, then (with `sampler.start: one-factor`) the seed report's plan
-    around the first of them: each varied parameter over START_LEVELS values spread over its
-    range (as `optdse grid` spreads them), the others held. On the measured MNIST grid this
+    around the first of them (what it leaves open at its lowest value): each varied parameter
+    over START_LEVELS values spread over its range (as `optdse grid` spreads them), the others
+    held. On the measured MNIST grid this
     start took multivariate TPE to 95% of the grid's hypervolume in 22.5 evaluations (median) instead
     of 72 (benchmarks/sample_efficiency.py): a low-load configuration and its neighbours span
     much of the front, and TPE then has a spread of good points to model."""
@@ -386,7 +387,9 @@ def start_points(study: Study) -> list[dict[str, float]]:
     base = dict(points[0]) if points else {}
     for name, values in levels.items():  # what the first point leaves open starts at its lowest value
         base.setdefault(name, values[0])
-    points = points or [dict(base)]
+    # The first point is measured as the plan's centre, not with what it leaves open sampled:
+    # every other start point differs from it in one parameter only.
+    points = [dict(base), *points[1:]]
     for name, values in levels.items():
         # A batching parameter varied with batching off would not reach the server: turn it on.
         turn_on = {"enable_batching": True} if name in BATCHING_KNOBS and "enable_batching" in base else {}
