@@ -17,8 +17,8 @@ How it is made, and why:
   rules are needed, and none are added to the host's tables.
 - `unshare --uts` and `hostname`, so each node reports a name of its own (Swarm and optdse's
   --swarm-engine tell nodes apart by it).
-- Images: there is no registry; `load_image` pipes `docker save` from one engine into
-  `docker load` of each node.
+- Images: there is no registry; `load_image` streams one `docker save` from an engine into
+  `docker load` on every node at once.
 
 Everything is stopped by the pid this module started, and removed by name of what it created
 (its namespaces, links and directories), also when a step fails half-way.
@@ -83,6 +83,10 @@ class Bed:
     @property
     def manager(self) -> BedNode:
         return self.nodes[0]
+
+    @property
+    def workers(self) -> list[BedNode]:
+        return self.nodes[1:]
 
     @classmethod
     def start(cls, count: int = 2, timeout: float = 60) -> Bed:
@@ -170,15 +174,35 @@ class Bed:
         swarm_node.update({**spec, "Labels": {**spec.get("Labels", {}), key: value}})
 
     def load_image(self, reference: str, nodes: list[BedNode], source_url: str = "unix:///var/run/docker.sock") -> None:
-        """`docker save` `reference` from the engine at `source_url` into `nodes` (streamed)."""
-        for node in nodes:
-            save = subprocess.Popen(["docker", "-H", source_url, "save", reference], stdout=subprocess.PIPE)
-            load = subprocess.run(["docker", "-H", node.socket_url, "load", "--quiet"], stdin=save.stdout,
-                                  capture_output=True, text=True, check=False, timeout=600)
-            assert save.stdout is not None
+        """`docker save` `reference` once from the engine at `source_url` and stream it into
+        `docker load` on every node of `nodes` at once (one save instead of one per node)."""
+        save = subprocess.Popen(["docker", "-H", source_url, "save", reference], stdout=subprocess.PIPE)
+        loads = [subprocess.Popen(["docker", "-H", node.socket_url, "load", "--quiet"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for node in nodes]
+        assert save.stdout is not None
+        try:
+            while chunk := save.stdout.read(1 << 20):
+                for load in loads:
+                    assert load.stdin is not None
+                    load.stdin.write(chunk)
+        except BrokenPipeError:
+            pass  # a load failed: its error is reported below
+        finally:
+            for load in loads:
+                assert load.stdin is not None
+                try:
+                    load.stdin.close()
+                except BrokenPipeError:
+                    pass
             save.stdout.close()
-            if save.wait(60) != 0 or load.returncode != 0:
-                raise BedUnavailable(f"loading {reference} into node {node.index}: {load.stderr.strip()}")
+            save.wait(60)  # a save cut short by the closed pipe exits non-zero: only the loads' errors matter
+        errors = [load.stderr.read().decode(errors="replace").strip() for load in loads]  # type: ignore[union-attr]
+        for load in loads:
+            load.wait(600)
+        failed = [f"node {node.index}: {error}" for node, load, error in zip(nodes, loads, errors, strict=True)
+                  if load.returncode != 0]
+        if failed:
+            raise BedUnavailable(f"loading {reference} into the nodes: {'; '.join(failed)}")
 
     def stop(self) -> None:
         """Leave the swarm, stop each dockerd by its pid, remove the namespaces and files."""

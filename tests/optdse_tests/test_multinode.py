@@ -1,6 +1,7 @@
-"""The swarm backend on a real multi-node Swarm: two Docker engines in namespaces of their own
-(tests/multinode.py), one the manager, one a worker labelled for replicas. optdse runs in the
-manager's network namespace, as an operator's manager host would run it."""
+"""The swarm backend on a real multi-node Swarm: three Docker engines in namespaces of their own
+(tests/multinode.py), one the manager, two workers labelled for replicas. optdse runs in the
+manager's network namespace, as an operator's manager host would run it (unlabelled, so the
+load generator does not share a node with replicas)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def bed() -> Iterator[Bed]:
     try:
-        made = Bed.start(2)
+        made = Bed.start(3)
     except BedUnavailable as error:
         if os.environ.get("CI"):
             raise
@@ -46,10 +47,10 @@ def bed() -> Iterator[Bed]:
     assert str(made.root) not in Path("/proc/self/mounts").read_text() and not made.root.exists()
 
 
-def test_the_bed_is_a_two_node_swarm_on_addresses_of_its_own(bed: Bed) -> None:
+def test_the_bed_is_a_three_node_swarm_on_addresses_of_its_own(bed: Bed) -> None:
     nodes = {n.attrs["Description"]["Hostname"]: n.attrs for n in bed.manager.client().nodes.list()}
-    assert set(nodes) == {"optdse-bed-n1", "optdse-bed-n2"}
-    assert nodes["optdse-bed-n2"]["Status"]["Addr"] == "169.254.77.2"
+    assert set(nodes) == {"optdse-bed-n1", "optdse-bed-n2", "optdse-bed-n3"}
+    assert [nodes[w.name]["Status"]["Addr"] for w in bed.workers] == ["169.254.77.2", "169.254.77.3"]
     assert all(n["Status"]["State"] == "ready" for n in nodes.values())
     # The addresses exist only in the bed's namespaces: not on this host's interfaces.
     host = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, check=True).stdout
@@ -59,7 +60,7 @@ def test_the_bed_is_a_two_node_swarm_on_addresses_of_its_own(bed: Bed) -> None:
 @pytest.fixture(scope="module")
 def image_on_bed(bed: Bed, serving_image: str) -> str:
     """The serving image in every engine of the bed (~3 GB each: the manager inspects it, the
-    nodes run it)."""
+    workers run it)."""
     require_docker()
     bed.load_image(serving_image, bed.nodes)
     return serving_image
@@ -70,15 +71,17 @@ def on_manager(bed: Bed, *args: str) -> list[str]:
     return [*bed.manager.enter(), "env", f"DOCKER_HOST={bed.manager.socket_url}", *optdse_command(), *args]
 
 
-def worker_engine(bed: Bed) -> list[str]:
-    return ["--swarm-engine", f"{bed.nodes[1].name}={bed.nodes[1].socket_url}"]
+def worker_engines(bed: Bed) -> list[str]:
+    """--swarm-engine for each worker: how optdse on the manager reads their tasks' CPU."""
+    return [option for worker in bed.workers for option in ("--swarm-engine", f"{worker.name}={worker.socket_url}")]
 
 
 @pytest.fixture(scope="module")
-def on_worker(bed: Bed, image_on_bed: str) -> list[str]:
-    """The bed's worker labelled for replicas; the command that measures there from the manager."""
-    bed.label(bed.nodes[1], SERVE_LABEL, "true")
-    return on_manager(bed, "measure", "--backend", "swarm", "--image", image_on_bed, *worker_engine(bed))
+def on_workers(bed: Bed, image_on_bed: str) -> list[str]:
+    """Both workers labelled for replicas; the command that measures there from the manager."""
+    for worker in bed.workers:
+        bed.label(worker, SERVE_LABEL, "true")
+    return on_manager(bed, "measure", "--backend", "swarm", "--image", image_on_bed, *worker_engines(bed))
 
 
 def run(command: list[str], project: Path) -> subprocess.CompletedProcess[str]:
@@ -94,27 +97,26 @@ def left_on(bed: Bed) -> list[str]:
 
 def test_a_node_labelled_after_the_service_was_made_gets_its_own_address(
         bed: Bed, image_on_bed: str, project: Path, mnist_base_path: Path) -> None:
-    """The service starts with one replica on the labelled manager (loopback); the worker is
-    labelled next, and the second replica lands there listening on its swarm address, which the
+    """The service starts with one replica on the one labelled worker; the other is labelled
+    next, and the second replica lands there listening on its own swarm address, which the
     update must hand it (a task without its node's address would listen on loopback, out of
-    the manager's reach)."""
-    manager, worker = bed.nodes
-    bed.label(worker, SERVE_LABEL, "false")
-    bed.label(manager, SERVE_LABEL, "true")
+    the manager's reach, and never become ready)."""
+    first, later = bed.workers
+    bed.label(first, SERVE_LABEL, "true")
+    bed.label(later, SERVE_LABEL, "false")
     try:
         done = run([*bed.manager.enter(), "env", f"DOCKER_HOST={bed.manager.socket_url}", sys.executable, "-c",
-                    SCALE_ONTO_A_NEWLY_LABELLED_NODE, str(mnist_base_path), image_on_bed, worker.name,
-                    worker.socket_url], project)
+                    SCALE_ONTO_A_NEWLY_LABELLED_NODE, str(mnist_base_path), image_on_bed,
+                    *(f"{worker.name}={worker.socket_url}" for worker in bed.workers)], project)
     finally:
-        bed.label(manager, SERVE_LABEL, "false")
-        bed.label(worker, SERVE_LABEL, "true")
+        bed.label(later, SERVE_LABEL, "true")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert json.loads(done.stdout) == [["127.0.0.1"], ["127.0.0.1", worker.address]], done.stderr
+    assert json.loads(done.stdout) == [[first.address], [first.address, later.address]], done.stderr
     assert left_on(bed) == []
 
 
-#: Run in the manager's namespace: apply one replica, label the worker, apply two; print each
-#: apply's endpoint hosts (apply returns once every replica answered AVAILABLE there).
+#: Run in the manager's namespace: apply one replica, label the second worker, apply two; print
+#: each apply's endpoint hosts (apply returns once every replica answered AVAILABLE there).
 SCALE_ONTO_A_NEWLY_LABELLED_NODE = """
 import json, sys
 from pathlib import Path
@@ -122,58 +124,62 @@ from optdse.config import ServerConfig
 from optdse.deploy.swarm import SERVE_LABEL, SwarmBackend
 from optdse.models import builtin
 
-base_path, image, worker, url = sys.argv[1:]
+base_path, image, *engines = sys.argv[1:]
+engines = dict(engine.split("=", 1) for engine in engines)
 backend = SwarmBackend(Path(base_path), warn=lambda text: print(text, file=sys.stderr), image=image,
-                       engines={worker: url}, ready_timeout=90)
+                       engines=engines, ready_timeout=90)
 hosts = []
 try:
     for replicas in (1, 2):
         endpoints = backend.apply(ServerConfig(model=builtin("mnist"), replicas=replicas, cpus=0.5, memory_mb=1000))
         hosts.append(sorted(endpoint.host for endpoint in endpoints))
-        (node,) = [n for n in backend.client.nodes.list() if n.attrs["Description"]["Hostname"] == worker]
-        node.update({**node.attrs["Spec"], "Labels": {SERVE_LABEL: "true"}})
+        for node in backend.client.nodes.list():
+            node.update({**node.attrs["Spec"], "Labels": {SERVE_LABEL: str(node.attrs["Description"]["Hostname"] in engines).lower()}})
 finally:
     backend.close()
 print(json.dumps(hosts))
 """
-def test_a_measurement_places_replicas_on_the_labelled_worker_and_reads_its_cpu(
-        bed: Bed, on_worker: list[str], project: Path) -> None:
-    worker = bed.nodes[1]
-    # Several seconds of load: the stats API the worker's CPU is read through updates about once a second.
-    done = run([*on_worker, "--replicas", "2", "--cpus", "0.5", "--memory", "512", "--threads", "2",
+
+
+def test_a_measurement_spreads_replicas_over_the_labelled_workers_and_reads_each_one_s_cpu(
+        bed: Bed, on_workers: list[str], project: Path) -> None:
+    # Several seconds of load: the stats API the workers' CPU is read through updates about once a second.
+    done = run([*on_workers, "--replicas", "4", "--cpus", "0.25", "--memory", "512", "--threads", "2",
                 "--requests", "100000", "--duration", "4", "--json"], project)
     assert done.returncode == 0, done.stdout + done.stderr
     figures = json.loads(done.stdout)
-    assert set(figures["acu_by_node"]) == {worker.name}, figures["acu_by_node"]
+    assert set(figures["acu_by_node"]) == {worker.name for worker in bed.workers}, figures["acu_by_node"]
+    assert all(acu > 0 for acu in figures["acu_by_node"].values())
     # acu_by_node is rounded to 4 decimals per node: the same tolerance as test_swarm_nodes.py.
     assert sum(figures["acu_by_node"].values()) == pytest.approx(figures["acu_cores"], rel=0.01, abs=1e-3)
-    assert figures["errors"] == 0 and figures["acu_cores"] > 0
-    assert worker.address in done.stderr  # the warning: the load goes over the nodes' network
+    assert figures["errors"] == 0
+    assert all(worker.address in done.stderr for worker in bed.workers)  # the warning: the load crosses the network
     assert left_on(bed) == []
 
 
-def test_a_chaos_kill_and_an_oom_on_the_worker_node_are_reported_as_such(
-        bed: Bed, on_worker: list[str], project: Path) -> None:
+def test_a_chaos_kill_and_an_oom_on_a_worker_node_are_reported_as_such(
+        bed: Bed, on_workers: list[str], project: Path) -> None:
     """Both need the worker's own engine: its containers exist only there."""
-    killed = run([*on_worker, "--replicas", "2", "--threads", "2", "--requests", "100000", "--duration", "3",
+    killed = run([*on_workers, "--replicas", "2", "--threads", "2", "--requests", "100000", "--duration", "3",
                   "--kill-replica-after", "1", "--json"], project)
     assert killed.returncode == 0, killed.stdout + killed.stderr
     assert json.loads(killed.stdout)["replicas_killed"] == ["task 2"]
-    oom = run([*on_worker, "--replicas", "1", "--memory", "64", "--requests", "100"], project)
+    oom = run([*on_workers, "--replicas", "1", "--memory", "64", "--requests", "100"], project)
     assert oom.returncode != 0 and "killed by its 64 MB memory limit" in oom.stderr, oom.stdout + oom.stderr
     assert left_on(bed) == []
 
 
-def test_a_port_held_on_the_worker_moves_the_service_to_a_block_free_there(
-        bed: Bed, on_worker: list[str], project: Path) -> None:
+def test_a_port_held_on_a_worker_moves_the_service_to_a_block_free_there(
+        bed: Bed, on_workers: list[str], project: Path) -> None:
     """The first block (20001-20099) is free on the manager, where optdse runs, but a program on
-    the worker listens on its first port: a task there could not bind it."""
-    worker = bed.nodes[1]
+    one worker listens on its first port: a task there could not bind it. (Two replicas: Swarm
+    spreads them, one a worker.)"""
+    worker = bed.workers[0]
     holder = subprocess.Popen([*worker.enter(), sys.executable, "-c", HOLD_A_PORT, worker.address, "20001"],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "listening"
-        done = run([*on_worker, "--replicas", "1", "--requests", "200", "--json"], project)
+        done = run([*on_workers, "--replicas", "2", "--requests", "200", "--json"], project)
     finally:
         stop_process(holder, signal.SIGTERM, grace_s=10)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -205,14 +211,15 @@ def bed_study(project: Path, name: str, first_point: str) -> None:
     (project / "studies" / f"{name}.yaml").write_text(text.replace(first[0], f"  - {first_point}"))
 
 
-def test_a_study_on_the_bed_measures_every_trial_on_the_worker(
-        bed: Bed, on_worker: list[str], image_on_bed: str, project: Path) -> None:
-    """optdse study mnist-pareto, started from two replicas, with --repeats 2: each trial's ACU
-    is its worker's, read through the worker's engine, and the nodes sum to the objective."""
+def test_a_study_on_the_bed_measures_every_trial_on_the_workers(
+        bed: Bed, on_workers: list[str], image_on_bed: str, project: Path) -> None:
+    """optdse study mnist-pareto, started from two replicas (one a worker), with --repeats 2:
+    each trial's ACU is the workers', each read through its own engine, and the nodes sum to
+    the objective."""
     bed_study(project, "mnist-pareto", "{replicas: 2, cpus: 0.5, memory_mb: 1000, file_size: 1}")
     storage = f"sqlite:///{project / 'bed.db'}"
     done = run(on_manager(bed, "study", "mnist-pareto", "--backend", "swarm", "--image", image_on_bed,
-                          *worker_engine(bed), "--storage", storage, "--trials", "3", "--repeats", "2",
+                          *worker_engines(bed), "--storage", storage, "--trials", "3", "--repeats", "2",
                           "--duration", "3"), project)
     assert done.returncode == 0, done.stdout + done.stderr
     states = optuna.trial.TrialState
@@ -220,33 +227,34 @@ def test_a_study_on_the_bed_measures_every_trial_on_the_worker(
     assert {t.state for t in trials} == {states.COMPLETE, states.WAITING}  # the rest of the start points wait
     trials = [t for t in trials if t.state == states.COMPLETE]
     assert len(trials) == 3
-    worker = bed.nodes[1].name
+    workers = {worker.name for worker in bed.workers}
     for trial in trials:
         attrs = trial.user_attrs
         assert trial.params["replicas"] == 2 and attrs["repeats"] == 2
-        assert set(attrs["acu_by_node"]) == {worker} and attrs["accounting"] == f"{worker}: docker engine stats API"
+        assert set(attrs["acu_by_node"]) == workers
+        assert attrs["accounting"] == "; ".join(f"{name}: docker engine stats API" for name in sorted(workers))
         assert sum(attrs["acu_by_node"].values()) == pytest.approx(trial.values[1], rel=0.01, abs=1e-3)
     assert left_on(bed) == []
 
 
 def test_optdse_clean_after_a_killed_study_leaves_nothing_on_any_engine(
-        bed: Bed, on_worker: list[str], image_on_bed: str, project: Path) -> None:
+        bed: Bed, on_workers: list[str], image_on_bed: str, project: Path) -> None:
     """SIGKILL: the study cannot remove its service; `optdse clean` on the manager, given the
-    worker's engine, removes the service there and waits for its containers on the worker."""
+    workers' engines, removes the service there and waits for its containers on the workers."""
     bed_study(project, "killed", "{replicas: 2, cpus: 0.5, memory_mb: 1000, file_size: 1}")
     study = subprocess.Popen(on_manager(bed, "study", "killed", "--backend", "swarm", "--image", image_on_bed,
-                                        *worker_engine(bed), "--storage", f"sqlite:///{project / 'k.db'}"),
+                                        *worker_engines(bed), "--storage", f"sqlite:///{project / 'k.db'}"),
                              cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        worker = bed.nodes[1].client()
         deadline = time.monotonic() + 180
-        while not worker.containers.list(filters={"label": "optdse.run", "status": "running"}):
+        while sum(len(worker.client().containers.list(filters={"label": "optdse.run", "status": "running"}))
+                  for worker in bed.workers) < 2:
             assert study.poll() is None and time.monotonic() < deadline, "the study never started its replicas"
             time.sleep(0.5)
     finally:
         stop_process(study, signal.SIGKILL, grace_s=10)
     assert left_on(bed) != []  # what the killed study left
-    cleaned = run(on_manager(bed, "clean", *worker_engine(bed)), project)
+    cleaned = run(on_manager(bed, "clean", *worker_engines(bed)), project)
     assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
     assert "cleaned 1 stopped run(s)" in cleaned.stdout
     assert left_on(bed) == []
