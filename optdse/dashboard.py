@@ -31,7 +31,8 @@ def trial_note(config: Config, result: Measurement) -> str:
            if result.offered_rps else "") + " |",
         f"| throughput | {result.throughput_rps:.1f} req/s |",
         f"| ACU (replicas) | {result.acu_cores:.3f} cores"
-        + (" (" + ", ".join(f"{node} {acu:.3f}" for node, acu in result.acu_by_node.items()) + ")"
+        + (" (" + ", ".join(f"{node} {acu:.3f} with {result.replicas_by_node.get(node, 0)} replica(s)"
+                            for node, acu in result.acu_by_node.items()) + ")"
            if len(result.acu_by_node) > 1 else "") + " |",
         f"| cost | {result.cost_cores:g} cores and {result.cost_memory_mb:g} MB reserved; per answered request "
         f"{result.cpu_ms_per_request:.3f} ms of replica CPU, {result.energy_j_per_request:.4f} J |",

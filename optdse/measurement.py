@@ -145,6 +145,7 @@ class Measurement:
     retried_requests: int = 0     # requests sent again to another replica after a refusal
     replicas_killed: list[str] = field(default_factory=list)  # by the chaos option, during the load
     acu_by_node: dict[str, float] = field(default_factory=dict)  # ACU of the replicas on each host (swarm nodes)
+    replicas_by_node: dict[str, int] = field(default_factory=dict)  # replicas on each host as the load started
     p999_ms: float = 0.0
     cost_cores: float = 0.0       # what the deployment reserves: replicas x CPU limit
     cost_memory_mb: float = 0.0   # replicas x memory limit
@@ -221,6 +222,7 @@ def summarize(load: LoadResult, samples: Samples, window: Window, memory_peaks: 
         timeseries=timeseries(load, samples, window), retried_requests=load.retried,
         acu_by_node={node: round(seconds / window.seconds, 4) if window.seconds > 0 else 0.0
                      for node, seconds in samples.cpu_between_by_node(window.start, window.end).items()},
+        replicas_by_node=samples.replicas_by_node,
         stop_rule=load.judge.rule.describe() if load.judge is not None else "",
         windows=[w.as_dict(load.started) for w in load.judge.closed] if load.judge is not None else [],
         loop=load.loop or "closed loop", offered_rps=float(load.offered_rps or 0.0),

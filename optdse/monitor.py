@@ -1,12 +1,16 @@
 """Resource accounting of the replicas while load runs: CPU, memory, energy.
 
-A background thread samples the backend's cumulative CPU seconds and memory every 50 ms. ACU over any interval (the measurement window is known only after the run) is then
+A background thread samples the backend's cumulative CPU seconds and memory every 50 ms
+(through a Docker engine's stats API, as the swarm backend reads other nodes, about once a
+second: the engine answers at its own collection tick). ACU over any interval (the
+measurement window is known only after the run) is then
 the difference of the cumulative CPU, interpolated at the interval's ends, divided by its
 length. The same samples give the per-second time series.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
 import threading
@@ -45,6 +49,7 @@ class Samples:
     memory_bytes: np.ndarray     # summed over replicas
     rapl_joules: np.ndarray | None  # cumulative package energy (whole machine), if readable
     cpu_by_node: dict[str, np.ndarray]  # cpu_seconds split by the host the replicas run on
+    replicas_by_node: dict[str, int]    # how many replicas ran on each host, as the load started
 
     def cpu_between(self, start: float, end: float) -> float:
         """CPU seconds the replicas used in [start, end], by linear interpolation."""
@@ -66,14 +71,18 @@ def _between(time: np.ndarray, cumulative: np.ndarray, start: float, end: float)
     return float(b - a)
 
 
+def _nodes(sample: ResourceSample) -> tuple[str, ...]:
+    """The host of each replica in `sample`: this one for backends that do not say."""
+    return sample.nodes or (socket.gethostname(),) * len(sample.cpu_seconds)
+
+
 def _by_node(samples: list[ResourceSample]) -> dict[str, np.ndarray]:
     """Each node's cumulative replica CPU per sample. A node missing from a sample (its last
     replica was just replaced) keeps its previous figure."""
-    here = socket.gethostname()
     rows = []
     for sample in samples:
         row: dict[str, float] = {}
-        for node, cpu in zip(sample.nodes or (here,) * len(sample.cpu_seconds), sample.cpu_seconds, strict=True):
+        for node, cpu in zip(_nodes(sample), sample.cpu_seconds, strict=True):
             row[node] = row.get(node, 0.0) + cpu
         rows.append(row)
     series: dict[str, np.ndarray] = {}
@@ -131,6 +140,7 @@ class Monitor:
             memory_bytes=np.array([sum(s.memory_bytes) for s in self._samples], dtype=np.int64),
             rapl_joules=np.array(self._rapl) if self._rapl_files else None,
             cpu_by_node=_by_node(self._samples),
+            replicas_by_node=dict(collections.Counter(_nodes(self._samples[0]))),
         )
 
 

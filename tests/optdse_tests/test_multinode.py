@@ -149,6 +149,7 @@ def test_a_measurement_spreads_replicas_over_the_labelled_workers_and_reads_each
     assert done.returncode == 0, done.stdout + done.stderr
     figures = json.loads(done.stdout)
     assert set(figures["acu_by_node"]) == {worker.name for worker in bed.workers}, figures["acu_by_node"]
+    assert figures["replicas_by_node"] == {worker.name: 2 for worker in bed.workers}  # Swarm spreads them
     assert all(acu > 0 for acu in figures["acu_by_node"].values())
     # acu_by_node is rounded to 4 decimals per node: the same tolerance as test_swarm_nodes.py.
     assert sum(figures["acu_by_node"].values()) == pytest.approx(figures["acu_cores"], rel=0.01, abs=1e-3)
@@ -231,7 +232,7 @@ def test_a_study_on_the_bed_measures_every_trial_on_the_workers(
     for trial in trials:
         attrs = trial.user_attrs
         assert trial.params["replicas"] == 2 and attrs["repeats"] == 2
-        assert set(attrs["acu_by_node"]) == workers
+        assert set(attrs["acu_by_node"]) == workers and attrs["replicas_by_node"] == dict.fromkeys(workers, 1)
         assert attrs["accounting"] == "; ".join(f"{name}: docker engine stats API" for name in sorted(workers))
         assert sum(attrs["acu_by_node"].values()) == pytest.approx(trial.values[1], rel=0.01, abs=1e-3)
     assert left_on(bed) == []

@@ -123,3 +123,4 @@ def test_other_backends_report_their_acu_under_this_host(project: Path, cgroup_d
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout)
     assert figures["acu_by_node"] == {socket.gethostname(): pytest.approx(figures["acu_cores"], abs=1e-3)}
+    assert figures["replicas_by_node"] == {socket.gethostname(): 1}
