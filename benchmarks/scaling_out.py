@@ -69,20 +69,27 @@ def run_study(prefix: list[str], directory: Path, storage: str, trials: int, *op
     return time.monotonic() - started
 
 
+def per_trial(trials: list[optuna.trial.FrozenTrial]) -> list[float]:
+    """Each finished trial's time, start to end, in seconds."""
+    return [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials]  # type: ignore[operator]
+
+
 def summary(name: str, storage: str, wall: float) -> list[optuna.trial.FrozenTrial]:
     trials = [t for t in optuna.load_study(study_name="mnist-pareto", storage=storage).trials if t.state.is_finished()]
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    per_trial = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials]  # type: ignore[operator]
+    seconds = per_trial(trials)
 
     def median(key: str) -> float:
         return statistics.median(t.user_attrs[key] for t in done)
 
     first = done[0].user_attrs
     per_node = ", ".join(f"{node} {count}" for node, count in sorted(first["replicas_by_node"].items()))
+    rest = statistics.median(spent - t.user_attrs["deploy_s"] - t.user_attrs["load_setup_s"] - t.user_attrs["load_s"]
+                             for spent, t in zip(seconds, trials, strict=True) if t in done)
     print(f"{name}: replicas per node {per_node} ({first['accounting']}); {len(done)} of {len(trials)} trials "
           f"complete; wall {wall:.0f} s; first deployment {first['deploy_s']:.1f} s; per trial median "
-          f"{statistics.median(per_trial):.1f} s (deploy {median('deploy_s'):.1f} s, load set-up "
-          f"{median('load_setup_s'):.1f} s, load {median('load_s'):.1f} s)")
+          f"{statistics.median(seconds):.1f} s (deploy {median('deploy_s'):.1f} s, load set-up "
+          f"{median('load_setup_s'):.1f} s, load {median('load_s'):.1f} s, the rest {rest:.1f} s)")
     return trials
 
 
@@ -109,13 +116,19 @@ def main() -> None:
     finally:
         bed.stop()
     ones, twos = summary("one node", one, one_wall), summary("three nodes", two, two_wall)
-    print(f"wall per trial, three nodes / one node: {two_wall / len(twos) / (one_wall / len(ones)):.2f}")
-    print("trial | configuration | ART ms one / three | ACU cores one / three")
+    print("trial | configuration | ART ms one / three | ACU cores one / three | windows one / three | load s one / three")
     for a, b in zip(ones, twos, strict=False):
         if a.state == b.state == optuna.trial.TrialState.COMPLETE:
-            print(f"{a.number} | {a.params} | {a.values[0]:.2f} / {b.values[0]:.2f} | {a.values[1]:.3f} / {b.values[1]:.3f}")
+            print(f"{a.number} | {a.params} | {a.values[0]:.2f} / {b.values[0]:.2f} | {a.values[1]:.3f} / {b.values[1]:.3f}"
+                  f" | {len(a.user_attrs['windows'])} / {len(b.user_attrs['windows'])}"
+                  f" | {a.user_attrs['load_s']:.1f} / {b.user_attrs['load_s']:.1f}")
         else:
             print(f"{a.number} | {a.params} | {a.state.name} / {b.state.name}")
+    pairs = [(a, b) for a, b in zip(ones, twos, strict=False) if a.state == b.state == optuna.trial.TrialState.COMPLETE]
+    print(f"three nodes / one node: wall per trial **{two_wall / len(twos) / (one_wall / len(ones)):.2f}**, "
+          f"median per trial {statistics.median(per_trial(twos)) / statistics.median(per_trial(ones)):.2f}; "
+          f"same configurations: ART {statistics.median(b.values[0] / a.values[0] for a, b in pairs):.2f}, "
+          f"ACU {statistics.median(b.values[1] / a.values[1] for a, b in pairs):.2f} (medians of {len(pairs)} trials)")
     shutil.rmtree(work, ignore_errors=True)
 
 

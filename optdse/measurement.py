@@ -177,7 +177,7 @@ def summarize(load: LoadResult, samples: Samples, window: Window, memory_peaks: 
     good = inside & load.ok
     histogram = LatencyHistogram.of(load.latency[good])
     percentiles = histogram.percentiles_ms()
-    cpu = samples.cpu_between(window.start, window.end)
+    cpu = samples.cpu_in_window(window.start, window.end)
     rapl = samples.joules_between(window.start, window.end)
     energy, method = ((rapl, "rapl: package energy, whole machine") if rapl is not None else
                       (cpu * watts_per_core(), f"estimate: replica CPU-seconds x {watts_per_core():g} W per core"))
@@ -221,7 +221,7 @@ def summarize(load: LoadResult, samples: Samples, window: Window, memory_peaks: 
         window_start_s=round(window.start - load.started, 4), window_end_s=round(window.end - load.started, 4),
         timeseries=timeseries(load, samples, window), retried_requests=load.retried,
         acu_by_node={node: round(seconds / window.seconds, 4) if window.seconds > 0 else 0.0
-                     for node, seconds in samples.cpu_between_by_node(window.start, window.end).items()},
+                     for node, seconds in samples.cpu_in_window_by_node(window.start, window.end).items()},
         replicas_by_node=samples.replicas_by_node,
         stop_rule=load.judge.rule.describe() if load.judge is not None else "",
         windows=[w.as_dict(load.started) for w in load.judge.closed] if load.judge is not None else [],

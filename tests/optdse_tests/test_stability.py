@@ -11,6 +11,7 @@ import pytest
 
 from optdse.histograms import LatencyHistogram
 from optdse.measurement import Measurement, combine_repeats
+from optdse.monitor import Samples
 from optdse.stability import StabilityJudge, StabilityRule
 
 
@@ -114,3 +115,22 @@ def test_repeats_average_acu_per_node_so_the_nodes_still_sum_to_acu() -> None:
     assert combined.acu_cores == pytest.approx(0.45)
     assert combined.acu_by_node == {"a": 0.35, "b": 0.1}
     assert sum(combined.acu_by_node.values()) == pytest.approx(combined.acu_cores)
+
+
+def test_acu_comes_from_the_samples_inside_the_window_not_across_the_load_s_end() -> None:
+    """Replicas busy at 1 core until the load stops at t = 10, idle after; samples a second
+    apart at t = x.5 (an engine's stats ticks). Interpolating across the window's end at 10
+    would spread the stop over 9.5-10.5 and read 0.96 cores; the samples inside read 1.0."""
+    time = np.arange(0.5, 14, 1.0)
+    cpu = np.minimum(time, 10.0)
+    samples = Samples(time=time, cpu_seconds=cpu, memory_bytes=np.zeros(len(time), dtype=np.int64), rapl_joules=None,
+                      cpu_by_node={"a": cpu * 0.25, "b": cpu * 0.75}, replicas_by_node={"a": 1, "b": 3})
+    assert samples.cpu_between(4.0, 10.0) / 6.0 == pytest.approx(0.9583, abs=1e-4)
+    assert samples.cpu_in_window(4.0, 10.0) / 6.0 == pytest.approx(1.0)
+    assert samples.cpu_in_window_by_node(4.0, 10.0) == {"a": pytest.approx(1.5), "b": pytest.approx(4.5)}
+    # Dense samples (50 ms, the cgroup readers'): both ways agree.
+    dense = np.arange(0.0, 14, 0.05)
+    cpu = np.minimum(dense, 10.0)
+    dense_samples = Samples(time=dense, cpu_seconds=cpu, memory_bytes=np.zeros(len(dense), dtype=np.int64),
+                            rapl_joules=None, cpu_by_node={"a": cpu}, replicas_by_node={"a": 1})
+    assert dense_samples.cpu_in_window(4.01, 10.0) == pytest.approx(dense_samples.cpu_between(4.01, 10.0), rel=2e-3)
