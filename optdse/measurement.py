@@ -178,7 +178,7 @@ def summarize(load: LoadResult, samples: Samples, window: Window, memory_peaks: 
     histogram = LatencyHistogram.of(load.latency[good])
     percentiles = histogram.percentiles_ms()
     cpu = samples.cpu_in_window(window.start, window.end)
-    rapl = samples.joules_between(window.start, window.end)
+    rapl = samples.joules_in_window(window.start, window.end)
     energy, method = ((rapl, "rapl: package energy, whole machine") if rapl is not None else
                       (cpu * watts_per_core(), f"estimate: replica CPU-seconds x {watts_per_core():g} W per core"))
     if load.judge is not None:

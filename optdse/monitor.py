@@ -2,10 +2,10 @@
 
 A background thread samples the backend's cumulative CPU seconds and memory every 50 ms
 (through a Docker engine's stats API, as the swarm backend reads other nodes, about once a
-second: the engine answers at its own collection tick). ACU over any interval (the
-measurement window is known only after the run) is then
-the difference of the cumulative CPU, interpolated at the interval's ends, divided by its
-length. The same samples give the per-second time series.
+second: the engine answers at its own collection tick). ACU over the measurement window
+(known only after the run) is then the rate of the cumulative CPU between the first and
+last samples inside the window (`_within`), in cores; energy from RAPL the same way. The
+same samples, interpolated, give the time series.
 """
 
 from __future__ import annotations
@@ -65,11 +65,11 @@ class Samples:
         The same samples for every node, so the nodes sum to `cpu_in_window`."""
         return {node: _within(self.time, cpu, start, end) for node, cpu in self.cpu_by_node.items()}
 
-    def joules_between(self, start: float, end: float) -> float | None:
+    def joules_in_window(self, start: float, end: float) -> float | None:
+        """RAPL package joules in the measurement window, as `cpu_in_window`; None without RAPL."""
         if self.rapl_joules is None:
             return None
-        a, b = np.interp([start, end], self.time, self.rapl_joules)
-        return float(b - a)
+        return _within(self.time, self.rapl_joules, start, end)
 
 
 def _between(time: np.ndarray, cumulative: np.ndarray, start: float, end: float) -> float:
