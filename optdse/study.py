@@ -375,7 +375,7 @@ def start_points(study: Study) -> list[dict[str, float]]:
     around the first of them (what it leaves open at its lowest value): each varied parameter
     over START_LEVELS values spread over its range (as `optdse grid` spreads them), the others
     held. On the measured MNIST grid this
-    start took multivariate TPE to 95% of the grid's hypervolume in 22.5 evaluations (median) instead
+    start took multivariate TPE to 95% of the grid's hypervolume in 21.5 evaluations (median) instead
     of 72 (benchmarks/sample_efficiency.py): a low-load configuration and its neighbours span
     much of the front, and TPE then has a spread of good points to model."""
     points = [dict(point) for point in study.spec.enqueue]
