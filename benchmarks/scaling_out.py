@@ -104,15 +104,12 @@ def main() -> None:
     one_wall = run_study([], directory, one, args.trials, "--swarm-init")
     bed = Bed.start(3)
     try:
-        engines = []
         for worker in bed.workers:
             bed.label(worker, SERVE_LABEL, "true")
-            engines += ["--swarm-engine", f"{worker.name}={worker.socket_url}"]
         started = time.monotonic()
         bed.load_image(IMAGE, bed.nodes)
         print(f"the bed: 3 nodes; the image loaded into every engine in {time.monotonic() - started:.0f} s")
-        two_wall = run_study([*bed.manager.enter(), "env", f"DOCKER_HOST={bed.manager.socket_url}"], directory, two,
-                             args.trials, *engines)
+        two_wall = run_study(bed.manager_command(), directory, two, args.trials, *bed.engine_options())
     finally:
         bed.stop()
     ones, twos = summary("one node", one, one_wall), summary("three nodes", two, two_wall)

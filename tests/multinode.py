@@ -166,6 +166,15 @@ class Bed:
                 raise BedUnavailable("joining the swarm: the workers never became ready")
             time.sleep(0.5)
 
+    def manager_command(self) -> list[str]:
+        """The prefix that runs a program as on the manager host: in its network namespace,
+        with its engine as DOCKER_HOST."""
+        return [*self.manager.enter(), "env", f"DOCKER_HOST={self.manager.socket_url}"]
+
+    def engine_options(self) -> list[str]:
+        """`--swarm-engine NODE=URL` for each worker: how optdse on the manager reaches their engines."""
+        return [option for worker in self.workers for option in ("--swarm-engine", f"{worker.name}={worker.socket_url}")]
+
     def label(self, node: BedNode, key: str, value: str) -> None:
         """Set a label on `node` (from the manager)."""
         (swarm_node,) = [n for n in self.manager.client().nodes.list()

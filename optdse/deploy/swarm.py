@@ -267,17 +267,17 @@ class SwarmBackend:
         nodes_changed = False
         self._note_killed()  # in case the trial failed before its check
         try:
-            if self.service is not None and server != self.current:
+            if server != self.current:  # also with no service yet (no current configuration)
                 # Nodes labelled (or joined) since the service was made get their bind address
                 # too; if the service's block of ports is taken on one of them, a new service
                 # takes a block free everywhere.
                 nodes = self._serving_nodes()
                 added = self._remote_addresses([node for node in nodes if node not in self.nodes])
-                if any(answering_ports(address, block_ports(self.base_port)) for address in added):
+                if self.service is not None and any(answering_ports(address, block_ports(self.base_port))
+                                                    for address in added):
                     self._remove_service()
                 nodes_changed, self.nodes = nodes != self.nodes, nodes
             if self.service is None:
-                self.nodes = self._serving_nodes()
                 self.base_port = free_base_port(self._remote_addresses(self.nodes))
                 self._say_where(self.nodes)
                 self.service = self.client.services.create(**self._spec(server))

@@ -68,12 +68,7 @@ def image_on_bed(bed: Bed, serving_image: str) -> str:
 
 def on_manager(bed: Bed, *args: str) -> list[str]:
     """The command that runs optdse on the manager: in its network namespace, with its engine."""
-    return [*bed.manager.enter(), "env", f"DOCKER_HOST={bed.manager.socket_url}", *optdse_command(), *args]
-
-
-def worker_engines(bed: Bed) -> list[str]:
-    """--swarm-engine for each worker: how optdse on the manager reads their tasks' CPU."""
-    return [option for worker in bed.workers for option in ("--swarm-engine", f"{worker.name}={worker.socket_url}")]
+    return [*bed.manager_command(), *optdse_command(), *args]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +76,7 @@ def on_workers(bed: Bed, image_on_bed: str) -> list[str]:
     """Both workers labelled for replicas; the command that measures there from the manager."""
     for worker in bed.workers:
         bed.label(worker, SERVE_LABEL, "true")
-    return on_manager(bed, "measure", "--backend", "swarm", "--image", image_on_bed, *worker_engines(bed))
+    return on_manager(bed, "measure", "--backend", "swarm", "--image", image_on_bed, *bed.engine_options())
 
 
 def run(command: list[str], project: Path) -> subprocess.CompletedProcess[str]:
@@ -105,7 +100,7 @@ def test_a_node_labelled_after_the_service_was_made_gets_its_own_address(
     bed.label(first, SERVE_LABEL, "true")
     bed.label(later, SERVE_LABEL, "false")
     try:
-        done = run([*bed.manager.enter(), "env", f"DOCKER_HOST={bed.manager.socket_url}", sys.executable, "-c",
+        done = run([*bed.manager_command(), sys.executable, "-c",
                     SCALE_ONTO_A_NEWLY_LABELLED_NODE, str(mnist_base_path), image_on_bed,
                     *(f"{worker.name}={worker.socket_url}" for worker in bed.workers)], project)
     finally:
@@ -220,7 +215,7 @@ def test_a_study_on_the_bed_measures_every_trial_on_the_workers(
     bed_study(project, "mnist-pareto", "{replicas: 2, cpus: 0.5, memory_mb: 1000, file_size: 1}")
     storage = f"sqlite:///{project / 'bed.db'}"
     done = run(on_manager(bed, "study", "mnist-pareto", "--backend", "swarm", "--image", image_on_bed,
-                          *worker_engines(bed), "--storage", storage, "--trials", "3", "--repeats", "2",
+                          *bed.engine_options(), "--storage", storage, "--trials", "3", "--repeats", "2",
                           "--duration", "3"), project)
     assert done.returncode == 0, done.stdout + done.stderr
     states = optuna.trial.TrialState
@@ -244,7 +239,7 @@ def test_optdse_clean_after_a_killed_study_leaves_nothing_on_any_engine(
     workers' engines, removes the service there and waits for its containers on the workers."""
     bed_study(project, "killed", "{replicas: 2, cpus: 0.5, memory_mb: 1000, file_size: 1}")
     study = subprocess.Popen(on_manager(bed, "study", "killed", "--backend", "swarm", "--image", image_on_bed,
-                                        *worker_engines(bed), "--storage", f"sqlite:///{project / 'k.db'}"),
+                                        *bed.engine_options(), "--storage", f"sqlite:///{project / 'k.db'}"),
                              cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 180
@@ -255,7 +250,7 @@ def test_optdse_clean_after_a_killed_study_leaves_nothing_on_any_engine(
     finally:
         stop_process(study, signal.SIGKILL, grace_s=10)
     assert left_on(bed) != []  # what the killed study left
-    cleaned = run(on_manager(bed, "clean", *worker_engines(bed)), project)
+    cleaned = run(on_manager(bed, "clean", *bed.engine_options()), project)
     assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
     assert "cleaned 1 stopped run(s)" in cleaned.stdout
     assert left_on(bed) == []
