@@ -95,7 +95,8 @@ def _study(args: argparse.Namespace, command: str = "study") -> int:
 
 
 def _grid(args: argparse.Namespace) -> int:
-    from optdse.grid import grid_size, grid_space, open_grid_study, retry_interrupted
+    from optdse.grid import grid_size, open_grid_study, retry_interrupted
+    from optdse.levels import grid_space
 
     def prepare(study: Any, storage: Any) -> tuple[Any, int]:
         grid = open_grid_study(study, storage, args.levels)
@@ -126,6 +127,14 @@ def _resume(optuna_study: Any) -> None:
                       "marked FAIL (abandoned) and enqueued again")
 
 
+def _quiet_optuna() -> None:
+    """Optuna logs each trial at INFO; the progress bar and tables say it instead. Set by the
+    commands that open studies, not as a side effect of importing an optdse module."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def _shown(url: str) -> str:
     """A storage URL as printed: without its password (optdse.storage imports optuna, so lazily)."""
     from optdse.storage import shown_url
@@ -141,6 +150,7 @@ def _run_trials(command: str, args: argparse.Namespace, prepare: Callable[[Any, 
     from optdse.spec import SpecError, load_study
     from optdse.storage import default_storage, open_storage
 
+    _quiet_optuna()
     try:
         study = load_study(args.name).with_load(args.requests, args.duration, args.repeats)
     except SpecError as error:
@@ -292,6 +302,7 @@ def _stored_study(command: str, args: argparse.Namespace) -> tuple[Any, str] | i
     except SpecError as error:
         return _fail(command, str(error))
     storage = args.storage or default_storage()
+    _quiet_optuna()
     try:
         return optuna.load_study(study_name=name, storage=storage), storage
     except KeyError:

@@ -16,14 +16,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import optuna
 from optuna.samplers import GridSampler
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from optdse.knobs import KNOBS
-from optdse.spec import INTEGER_PARAMETERS, Choice, Range, Study
+from optdse.levels import grid_space
+from optdse.spec import Study
 from optdse.study import open_study
 
 #: Failures that say nothing about the configuration: its point is measured again on resume.
@@ -62,26 +62,6 @@ class AskTellGridSampler(GridSampler):
         pass
 
 
-def levels_of(name: str, dist: Range, levels: int) -> list[float]:
-    """`levels` values from low to high inclusive (fewer where whole numbers or the step coincide)."""
-    spread = np.geomspace(dist.low, dist.high, levels) if dist.log else np.linspace(dist.low, dist.high, levels)
-    if dist.step:
-        spread = dist.low + np.round((spread - dist.low) / dist.step) * dist.step
-    values = [int(round(v)) for v in spread] if name in INTEGER_PARAMETERS else [round(float(v), 6) for v in spread]
-    return sorted(set(values))
-
-
-def grid_space(study: Study, levels: int) -> dict[str, list[float]]:
-    """Each varied parameter's levels: `levels` values over a range, or a list's choices."""
-    space = {}
-    for name, dist in study.space.dimensions.items():
-        if isinstance(dist, Range):
-            space[name] = levels_of(name, dist, levels)
-        elif isinstance(dist, Choice):
-            space[name] = [bool(c) if name == "enable_batching" else c for c in dist.choices]
-    return space
-
-
 def grid_size(space: dict[str, list[float]]) -> int:
     return math.prod(len(values) for values in space.values())
 
@@ -117,5 +97,5 @@ def retry_interrupted(grid: optuna.Study) -> int:
     return count
 
 
-__all__ = ["DEPLOYMENT_ORDER", "AskTellGridSampler", "grid_name", "grid_size", "grid_space", "levels_of", "open_grid_study",
+__all__ = ["DEPLOYMENT_ORDER", "AskTellGridSampler", "grid_name", "grid_size", "open_grid_study",
            "retry_interrupted"]

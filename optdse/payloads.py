@@ -27,15 +27,20 @@ import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from optdse.config import PROTOCOLS, ProtocolName
 from optdse.models import BUILTINS, Model
-from optdse.protos import predict_pb2, tensor_pb2, types_pb2
+from optdse.protos import protos
 from optdse.request_file import RequestFile, read_request_file
-from optdse.savedmodel import NUMPY_DTYPES, Signature, read_signature
+from optdse.savedmodel import Signature, numpy_dtypes, read_signature
 from serving.models import deepspeech, inception, nmt
+
+if TYPE_CHECKING:
+    from tensorflow.core.framework.tensor_pb2 import TensorProto
+    from tensorflow_serving.apis.predict_pb2 import PredictRequest
 
 #: Different requests a trial sends in turn, at most, and their bytes in all: a request file's
 #: variety without holding a copy of a large file per file size.
@@ -74,17 +79,17 @@ class Payload:
         return round(sum(self.batches) / len(self.batches))
 
 
-def _mnist(file_size: int, model: str) -> tuple[predict_pb2.PredictRequest, int]:
+def _mnist(file_size: int, model: str) -> tuple[PredictRequest, int]:
     images = np.random.default_rng(file_size).random((file_size, 784), dtype=np.float32)
     return _predict_request(model, "predict_images", {"images": images}), file_size
 
 
-def _inception(file_size: int, model: str) -> tuple[predict_pb2.PredictRequest, int]:
-    request = predict_pb2.PredictRequest()
+def _inception(file_size: int, model: str) -> tuple[PredictRequest, int]:
+    request = protos().predict_pb2.PredictRequest()
     request.model_spec.name = model
     request.model_spec.signature_name = inception.SIGNATURE
     tensor = request.inputs[inception.INPUT]
-    tensor.dtype = types_pb2.DT_STRING
+    tensor.dtype = protos().types_pb2.DT_STRING
     tensor.tensor_shape.dim.add().size = 1
     tensor.string_val.append(synthetic_jpeg(file_size))
     return request, 1
@@ -105,13 +110,13 @@ def synthetic_jpeg(edge: int, quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
-def _nmt(file_size: int, model: str) -> tuple[predict_pb2.PredictRequest, int]:
+def _nmt(file_size: int, model: str) -> tuple[PredictRequest, int]:
     first_word = nmt.EOS + 1  # ids below are <unk>, <s>, </s>
     tokens = np.random.default_rng(file_size).integers(first_word, nmt.SOURCE_VOCAB, (1, file_size), dtype=np.int32)
     return _predict_request(model, nmt.SIGNATURE, {nmt.INPUT: tokens}), 1
 
 
-def _deepspeech(file_size: int, model: str) -> tuple[predict_pb2.PredictRequest, int]:
+def _deepspeech(file_size: int, model: str) -> tuple[PredictRequest, int]:
     rate = deepspeech.SAMPLE_RATE
     t = np.arange(file_size * rate, dtype=np.float32) / rate
     voiced = sum(0.2 * np.sin(2 * np.pi * f * t) for f in (220.0, 440.0, 1250.0))  # a vowel-like tone
@@ -120,7 +125,7 @@ def _deepspeech(file_size: int, model: str) -> tuple[predict_pb2.PredictRequest,
     return _predict_request(model, deepspeech.SIGNATURE, {deepspeech.INPUT: audio}), 1
 
 
-BUILDERS: dict[str, Callable[[int, str], tuple[predict_pb2.PredictRequest, int]]] = {
+BUILDERS: dict[str, Callable[[int, str], tuple[PredictRequest, int]]] = {
     "mnist": _mnist, "inception": _inception, "nmt": _nmt, "deepspeech": _deepspeech,
 }
 
@@ -149,27 +154,27 @@ def _json_value(array: np.ndarray, b64: bool) -> str:
     return json.dumps(array.tolist())
 
 
-def _tensor_array(tensor: tensor_pb2.TensorProto) -> np.ndarray:
+def _tensor_array(tensor: TensorProto) -> np.ndarray:
     shape = [dim.size for dim in tensor.tensor_shape.dim]
-    if tensor.dtype == types_pb2.DT_STRING:
+    if tensor.dtype == protos().types_pb2.DT_STRING:
         return np.array(list(tensor.string_val), dtype=object).reshape(shape)
-    return np.frombuffer(tensor.tensor_content, dtype=NUMPY_DTYPES[tensor.dtype]).reshape(shape)
+    return np.frombuffer(tensor.tensor_content, dtype=numpy_dtypes()[tensor.dtype]).reshape(shape)
 
 
-def rest_body(request: predict_pb2.PredictRequest) -> bytes:
+def rest_body(request: PredictRequest) -> bytes:
     """The REST predict body (columnar) carrying the same signature and tensors as `request`."""
     inputs = ", ".join(f"{json.dumps(alias)}: {_json_value(_tensor_array(tensor), b64=True)}"
                        for alias, tensor in request.inputs.items())
     return f'{{"signature_name": {json.dumps(request.model_spec.signature_name)}, "inputs": {{{inputs}}}}}'.encode()
 
 
-def _predict_request(model: str, signature: str, inputs: dict[str, np.ndarray]) -> predict_pb2.PredictRequest:
-    request = predict_pb2.PredictRequest()
+def _predict_request(model: str, signature: str, inputs: dict[str, np.ndarray]) -> PredictRequest:
+    request = protos().predict_pb2.PredictRequest()
     request.model_spec.name = model
     request.model_spec.signature_name = signature
     for alias, array in inputs.items():
         tensor = request.inputs[alias]
-        tensor.dtype = next(dtype for dtype, numpy in NUMPY_DTYPES.items() if numpy == array.dtype)
+        tensor.dtype = next(dtype for dtype, numpy in numpy_dtypes().items() if numpy == array.dtype)
         for size in array.shape:
             tensor.tensor_shape.dim.add().size = size
         if array.dtype == object:
@@ -247,7 +252,7 @@ def _generated_request(signature: Signature, file_size: int, size_axis: int) -> 
     inputs = {}
     for alias, spec in sorted(signature.inputs.items()):
         shape = tuple(file_size if i == size_axis and d < 0 else (1 if d < 0 else d) for i, d in enumerate(spec.shape or ()))
-        dtype = NUMPY_DTYPES[spec.dtype]
+        dtype = numpy_dtypes()[spec.dtype]
         if dtype == object:
             array = np.full(shape, b"optdse", dtype=object)
         elif dtype.kind == "f":

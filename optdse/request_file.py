@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from optdse.models import ModelError
-from optdse.protos import types_pb2
-from optdse.savedmodel import NUMPY_DTYPES, InputSpec, Signature
+from optdse.protos import protos
+from optdse.savedmodel import InputSpec, Signature, numpy_dtypes
 
 #: Lines read from a request file: enough variety for any trial, bounded memory.
 MAX_LINES = 10_000
@@ -159,7 +159,7 @@ def _error(where: str) -> Any:
 def _array(value: Any, spec: InputSpec, err: Any, b64: set[str]) -> np.ndarray:
     """`value` (nested JSON lists) as an array of `spec`'s dtype and shape, or err(...)."""
     wants = f"the signature wants {spec.describe()}"
-    if spec.dtype == types_pb2.DT_STRING:
+    if spec.dtype == protos().types_pb2.DT_STRING:
         try:
             decoded = _bytes(value, spec.alias, b64)
             array = np.array(decoded, dtype=object)
@@ -173,7 +173,7 @@ def _array(value: Any, spec: InputSpec, err: Any, b64: set[str]) -> np.ndarray:
             raw = np.array(value)
         except ValueError:
             raise err(f"input {spec.alias!r}: rows of different shapes; {wants}") from None
-        target = NUMPY_DTYPES[spec.dtype]
+        target = numpy_dtypes()[spec.dtype]
         ok = (raw.dtype.kind == "b" if target.kind == "b" else
               raw.dtype.kind in "iu" or (raw.dtype.kind == "f" and raw.size and np.all(np.mod(raw, 1) == 0))
               if target.kind in "iu" else raw.dtype.kind in "iuf")

@@ -11,28 +11,28 @@ model and request file before its first trial, and nothing has been deployed if 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from optdse.models import DEFAULT_SIGNATURE, ModelError
-from optdse.protos import saved_model_pb2, types_pb2
+from optdse.protos import protos
 from serving.model_dir import find_versions
 
 #: The MetaGraph tag a server loads.
 SERVE_TAG = "serve"
 
-#: Tensor dtypes a request can carry, as numpy dtypes (DT_STRING travels as bytes objects).
-NUMPY_DTYPES: dict[int, np.dtype] = {
-    types_pb2.DT_FLOAT: np.dtype(np.float32), types_pb2.DT_DOUBLE: np.dtype(np.float64),
-    types_pb2.DT_HALF: np.dtype(np.float16), types_pb2.DT_INT8: np.dtype(np.int8),
-    types_pb2.DT_INT16: np.dtype(np.int16), types_pb2.DT_INT32: np.dtype(np.int32),
-    types_pb2.DT_INT64: np.dtype(np.int64), types_pb2.DT_UINT8: np.dtype(np.uint8),
-    types_pb2.DT_UINT16: np.dtype(np.uint16), types_pb2.DT_UINT32: np.dtype(np.uint32),
-    types_pb2.DT_UINT64: np.dtype(np.uint64), types_pb2.DT_BOOL: np.dtype(np.bool_),
-    types_pb2.DT_STRING: np.dtype(object),
-}
+@cache
+def numpy_dtypes() -> dict[int, np.dtype]:
+    """Tensor dtypes a request can carry (types_pb2 enums), as numpy dtypes (DT_STRING
+    travels as bytes objects)."""
+    t = protos().types_pb2
+    return {t.DT_FLOAT: np.dtype(np.float32), t.DT_DOUBLE: np.dtype(np.float64), t.DT_HALF: np.dtype(np.float16),
+            t.DT_INT8: np.dtype(np.int8), t.DT_INT16: np.dtype(np.int16), t.DT_INT32: np.dtype(np.int32),
+            t.DT_INT64: np.dtype(np.int64), t.DT_UINT8: np.dtype(np.uint8), t.DT_UINT16: np.dtype(np.uint16),
+            t.DT_UINT32: np.dtype(np.uint32), t.DT_UINT64: np.dtype(np.uint64), t.DT_BOOL: np.dtype(np.bool_),
+            t.DT_STRING: np.dtype(object)}
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class InputSpec:
 
     @property
     def dtype_name(self) -> str:
-        return types_pb2.DataType.Name(self.dtype).removeprefix("DT_").lower()
+        return protos().types_pb2.DataType.Name(self.dtype).removeprefix("DT_").lower()
 
     def describe(self) -> str:
         shape = "any shape" if self.shape is None else "[" + ", ".join("?" if d < 0 else str(d) for d in self.shape) + "]"
@@ -82,7 +82,7 @@ def latest_version(base_path: Path) -> tuple[int, Path]:
 def read_signature(base_path: Path, name: str = DEFAULT_SIGNATURE) -> Signature:
     """Signature `name` of the version a server would load from `base_path`."""
     version, folder = latest_version(base_path)
-    saved = saved_model_pb2.SavedModel()
+    saved = protos().saved_model_pb2.SavedModel()
     try:
         saved.ParseFromString((folder / "saved_model.pb").read_bytes())
     except Exception as error:  # noqa: BLE001  # protobuf's DecodeError and friends: one line
@@ -98,12 +98,12 @@ def read_signature(base_path: Path, name: str = DEFAULT_SIGNATURE) -> Signature:
     for alias, info in signatures[name].inputs.items():
         shape = None if info.tensor_shape.unknown_rank else tuple(d.size for d in info.tensor_shape.dim)
         inputs[alias] = InputSpec(alias, info.dtype, shape)
-    unsupported = [spec for spec in inputs.values() if spec.dtype not in NUMPY_DTYPES]
+    unsupported = [spec for spec in inputs.values() if spec.dtype not in numpy_dtypes()]
     if unsupported:
         raise ModelError(f"{folder}: signature {name!r} input {unsupported[0].alias} has dtype "
                          f"{unsupported[0].dtype_name}, which a Predict request cannot carry")
     return Signature(name, version, inputs)
 
 
-__all__ = ["NUMPY_DTYPES", "InputSpec", "Signature", "latest_version",
+__all__ = ["InputSpec", "Signature", "latest_version", "numpy_dtypes",
            "read_signature"]

@@ -40,6 +40,7 @@ from optdse.deploy.runs import live_process, other_live_runs
 from optdse.measurement import MAX_LATE_FRACTION, Measurement, combine_repeats, combine_scenarios
 from optdse.objective import MeasureError, measure
 from optdse.knobs import BATCHING_KNOBS
+from optdse.levels import grid_space
 from optdse.space import active, fixed_values, suggest_scenarios
 from optdse.spec import METRICS, Study, StudySpec
 from optdse.storage import shown_url
@@ -58,15 +59,16 @@ def make_sampler(study: Study) -> BaseSampler:
     Optuna 5 deprecates `constraints_func` in favour of `Trial.set_constraint`, but
     optuna-dashboard 0.21 reads only the system attr that `constraints_func` writes, so
     infeasible trials would look feasible there. Kept until the dashboard reads both."""
-    warnings.filterwarnings("ignore", message=".*constraints_func.*", category=FutureWarning)
     spec = study.spec.sampler
-    if spec.name == "tpe":
-        # multivariate: the five dimensions interact (threads x replicas x cpus), which
-        # independent per-parameter TPE cannot model.
-        return TPESampler(n_startup_trials=spec.n_startup_trials, multivariate=True, seed=spec.seed,
-                          constraints_func=constraints)
-    if spec.name == "nsga2":
-        return NSGAIISampler(seed=spec.seed, constraints_func=constraints)
+    with warnings.catch_warnings():  # the deprecation warning, at construction only
+        warnings.filterwarnings("ignore", message=".*constraints_func.*", category=FutureWarning)
+        if spec.name == "tpe":
+            # multivariate: the five dimensions interact (threads x replicas x cpus), which
+            # independent per-parameter TPE cannot model.
+            return TPESampler(n_startup_trials=spec.n_startup_trials, multivariate=True, seed=spec.seed,
+                              constraints_func=constraints)
+        if spec.name == "nsga2":
+            return NSGAIISampler(seed=spec.seed, constraints_func=constraints)
     return RandomSampler(seed=spec.seed)
 
 
@@ -77,7 +79,6 @@ def open_study(study: Study, storage: str | BaseStorage, name: str | None = None
     sets both). With `seed`, the process that creates the study enqueues its start points
     (`start_points`): creating is atomic in the storage, so workers starting together
     enqueue them once."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = name or study.name
     directions = [o.direction for o in study.spec.objectives]
     sampler = sampler or make_sampler(study)
@@ -381,8 +382,6 @@ def start_points(study: Study) -> list[dict[str, float]]:
     points = [dict(point) for point in study.spec.enqueue]
     if study.spec.sampler.start == "none":
         return points
-    from optdse.grid import grid_space  # the grid's levels (imports nothing back from here)
-
     levels = grid_space(study, START_LEVELS)
     base = dict(points[0]) if points else {}
     for name, values in levels.items():  # what the first point leaves open starts at its lowest value

@@ -19,8 +19,7 @@ from serving.tensorflow_import import import_tensorflow
 
 import_tensorflow()  # the tests build tensors with TF itself, so the real package loads first
 from optdse.deploy.local import free_port, serve_command  # noqa: E402
-from optdse.protos import STATUS_AVAILABLE as AVAILABLE  # noqa: E402
-from optdse.protos import get_model_status_pb2, model_service_pb2_grpc  # noqa: E402
+from optdse.protos import protos  # noqa: E402
 from tests.processes import stop_process  # noqa: E402
 
 
@@ -51,8 +50,9 @@ class ServerProcess:
 
     def wait_available(self, timeout: float = 120.0) -> list[int]:
         """Poll GetModelStatus until AVAILABLE; returns every state seen, in order."""
-        stub = model_service_pb2_grpc.ModelServiceStub(self.channel)
-        request = get_model_status_pb2.GetModelStatusRequest()
+        pb = protos()
+        stub = pb.model_service_pb2_grpc.ModelServiceStub(self.channel)
+        request = pb.get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = self.model_name
         seen: list[int] = []
         deadline = time.monotonic() + timeout
@@ -66,7 +66,7 @@ class ServerProcess:
                 continue
             if not seen or seen[-1] != state:
                 seen.append(state)
-            if state == AVAILABLE:
+            if state == pb.status_available:
                 return seen
             time.sleep(0.002)
         raise TimeoutError(f"optdse-serve not AVAILABLE after {timeout}s: {self.log()}")

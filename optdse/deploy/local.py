@@ -33,7 +33,7 @@ from optdse.config import ServerConfig
 from optdse.deploy.base import DeployError, Endpoint, ReplicaChecks, ResourceSample, write_batching_file
 from optdse.deploy.cgroups import Cgroup, CgroupDriver
 from optdse.deploy.runs import Run, remove_run_groups
-from optdse.protos import STATUS_AVAILABLE, get_model_status_pb2, model_service_pb2_grpc
+from optdse.protos import protos
 
 HOST = "127.0.0.1"
 
@@ -59,17 +59,18 @@ def wait_available(target: str, model: str, timeout: float, alive: Callable[[], 
     backoff after a refused connection would add up to a second to every deployment."""
     options = [("grpc.initial_reconnect_backoff_ms", 20), ("grpc.min_reconnect_backoff_ms", 20),
                ("grpc.max_reconnect_backoff_ms", 100)]
-    request = get_model_status_pb2.GetModelStatusRequest()
+    pb = protos()
+    request = pb.get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = model
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(target, options=options) as channel:
-        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        stub = pb.model_service_pb2_grpc.ModelServiceStub(channel)
         while time.monotonic() < deadline:
             if not alive():
                 raise ChildProcessError(target)
             try:
                 status = stub.GetModelStatus(request, timeout=1.0)
-                if any(v.state == STATUS_AVAILABLE for v in status.model_version_status):
+                if any(v.state == pb.status_available for v in status.model_version_status):
                     return
             except grpc.RpcError:
                 pass

@@ -61,9 +61,9 @@ class GrpcClient:
     def __init__(self, plan: LoadPlan) -> None:
         import grpc
 
-        from optdse.protos import PREDICT_METHOD, predict_pb2
+        from optdse.protos import PREDICT_METHOD, protos
 
-        self._grpc, self._response = grpc, predict_pb2.PredictResponse
+        self._grpc, self._response = grpc, protos().predict_pb2.PredictResponse
         self._bodies, self._deadline = plan.bodies, plan.deadline_s
         self._channels = [grpc.insecure_channel(t, options=[("grpc.max_receive_message_length", 256 << 20)])
                           for t in plan.targets]

@@ -12,7 +12,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from optdse.grid import AskTellGridSampler, levels_of
+from optdse.grid import AskTellGridSampler
+from optdse.levels import levels_of
 from optdse.spec import Range
 from tests.optdse_tests.conftest import optdse, write_study
 from tests.serving_process import optdse_command

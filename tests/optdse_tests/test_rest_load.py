@@ -109,9 +109,9 @@ def test_rest_bodies_carry_the_same_tensors_as_the_protobuf() -> None:
     """Numbers in their shortest float32 form read back exactly; bytes travel as b64."""
     import numpy as np
 
-    from optdse.protos import predict_pb2
+    from optdse.protos import protos
 
-    grpc = predict_pb2.PredictRequest.FromString(build_payload("mnist", 2).body)
+    grpc = protos().predict_pb2.PredictRequest.FromString(build_payload("mnist", 2).body)
     rest = json.loads(build_payload("mnist", 2, "rest").body)
     assert rest["signature_name"] == grpc.model_spec.signature_name == "predict_images"
     sent = np.frombuffer(grpc.inputs["images"].tensor_content, dtype=np.float32).reshape(2, 784)

@@ -19,7 +19,7 @@ import pytest
 
 from optdse.models import ModelError, user_model
 from optdse.payloads import build_payload
-from optdse.protos import predict_pb2
+from optdse.protos import protos
 from tests.optdse_tests.conftest import SPACE, optdse, require_docker
 
 STATION = Path(__file__).with_name("station_model.py")
@@ -74,7 +74,7 @@ def test_a_request_file_s_rows_are_cycled_to_the_file_size_and_sent_in_the_form_
 
     grpc = build_payload(model, 2)  # 3 rows in the file: two requests, rows 1-2 then 3-1
     assert grpc.batches == (2, 2) and "requests.jsonl (3 rows in 2 lines)" in grpc.source
-    first, second = (predict_pb2.PredictRequest.FromString(body) for body in grpc.bodies)
+    first, second = (protos().predict_pb2.PredictRequest.FromString(body) for body in grpc.bodies)
     assert first.model_spec.name == "station" and first.model_spec.signature_name == "estimate"
     assert list(first.inputs["tag"].string_val) == [b"north", b"south"]
     assert list(second.inputs["tag"].string_val) == [b"east", b"north"]
@@ -100,7 +100,7 @@ def test_without_a_request_file_inputs_come_from_the_signature_and_size_axis_gro
     assert [json.loads(body)["instances"] for body in payload.bodies] == [[[1.0, 2.0, 3.0, 1.0, 2.0]],
                                                                            [[4.0, 5.0, 4.0, 5.0, 4.0]]]
     made = build_payload(user_model(station_base_path, signature="smooth", size_axis=1), 7)
-    request = predict_pb2.PredictRequest.FromString(made.body)
+    request = protos().predict_pb2.PredictRequest.FromString(made.body)
     assert [d.size for d in request.inputs["series"].tensor_shape.dim] == [1, 7]
 
 
