@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
-from optuna._hypervolume import compute_hypervolume  # noqa: E402  # what Optuna's own plots use (pinned)
+from optdse.optuna_internals import compute_hypervolume  # noqa: E402  # what Optuna's own plots use (pinned)
 from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler, TPESampler  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 

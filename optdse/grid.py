@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 
 from optdse.knobs import KNOBS
 from optdse.levels import grid_space
+from optdse.optuna_internals import sort_grid
 from optdse.spec import Study
 from optdse.study import open_study
 
@@ -46,16 +47,14 @@ class AskTellGridSampler(GridSampler):
     `study.stop()` after the last one, which only works inside `study.optimize`. A grid runs
     in one process, so the points are sorted instead, and the trial loop counts them itself
     (a grid of N points is N finished trials, retried ones replaced by their retries), so
-    nothing needs stopping. The sort uses GridSampler's point list,
-    an internal of optuna 5.0 (pinned); a test checks the order."""
+    nothing needs stopping. The sort goes through
+    optdse.optuna_internals (GridSampler keeps its points private); a test checks the order."""
 
     def __init__(self, search_space: dict[str, list[float]], seed: int | None = None) -> None:
         super().__init__(search_space, seed=seed)
-        names = self._param_names
-        rank = {name: DEPLOYMENT_ORDER.index(name) if name in DEPLOYMENT_ORDER else len(DEPLOYMENT_ORDER)
-                for name in names}
-        order = sorted(range(len(names)), key=lambda i: (rank[names[i]], names[i]))
-        self._all_grids.sort(key=lambda point: tuple(point[i] for i in order))
+        names = sorted(search_space, key=lambda name: (DEPLOYMENT_ORDER.index(name) if name in DEPLOYMENT_ORDER
+                                                       else len(DEPLOYMENT_ORDER), name))
+        sort_grid(self, lambda point: tuple(point[name] for name in names))
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:

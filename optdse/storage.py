@@ -35,10 +35,10 @@ from typing import Any, TypeVar
 import optuna
 import sqlalchemy
 from optuna.storages import BaseStorage, RDBStorage
-from optuna.storages._heartbeat import BaseHeartbeat
 from sqlalchemy.engine import make_url
 
 from optdse.config import GRACE_HEARTBEATS, HEARTBEAT_S
+from optdse.optuna_internals import HEARTBEAT_METHODS
 
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
 #: The advisory lock's key (PostgreSQL) and name (MySQL): any constant all optdse processes share.
@@ -101,9 +101,9 @@ class PatientRDBStorage(RDBStorage):
     RDBStorage implements; opening the storage is not retried, so a wrong URL fails at once."""
 
 
-for _name in sorted(set(vars(BaseStorage)) | set(BaseHeartbeat.__abstractmethods__)):
+for _name in sorted(set(vars(BaseStorage)) | HEARTBEAT_METHODS):
     if (not _name.startswith("__") and callable(vars(RDBStorage).get(_name))
-            and (not _name.startswith("_") or _name in BaseHeartbeat.__abstractmethods__)):
+            and (not _name.startswith("_") or _name in HEARTBEAT_METHODS)):
         setattr(PatientRDBStorage, _name, _patient(vars(RDBStorage)[_name]))
 
 

@@ -27,7 +27,6 @@ import optuna
 import psutil
 from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler, TPESampler
 from optuna.storages import BaseStorage
-from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled  # what Study.optimize uses
 from optuna.trial import FrozenTrial, TrialState
 from optuna_dashboard import save_note
 from sqlalchemy.exc import SQLAlchemyError
@@ -37,6 +36,7 @@ from optdse.config import GRACE_HEARTBEATS, Config
 from optdse.dashboard import failure_note, save_hypervolume_plot, trial_note
 from optdse.deploy.base import Backend, DeployError
 from optdse.deploy.runs import live_process, other_live_runs
+from optdse.optuna_internals import heartbeat, heartbeat_s, set_constraints, stale_trial_ids, storage_of, trial_id
 from optdse.measurement import MAX_LATE_FRACTION, Measurement, combine_repeats, combine_scenarios
 from optdse.objective import MeasureError, measure
 from optdse.knobs import BATCHING_KNOBS
@@ -110,24 +110,24 @@ def fail_lost(optuna_study: optuna.Study) -> list[int]:
 
     Several workers may find the same trial: Optuna lets only one of them fail it, and only
     that one enqueues the retry."""
-    storage = optuna_study._storage  # noqa: SLF001  # Optuna has no public "fail this trial" for others' trials
-    stale = set(storage._get_stale_trial_ids(optuna_study._study_id)) if is_heartbeat_enabled(storage) else set()  # noqa: SLF001
+    storage = storage_of(optuna_study)  # Optuna has no public "fail this trial" for others' trials
+    stale = stale_trial_ids(optuna_study)
     failed = []
     for trial in optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = trial.user_attrs
         here = attrs.get("host") == socket.gethostname()
         if here and _process_gone(attrs.get("pid"), attrs.get("pid_started")):
             why = f"its run (pid {attrs.get('pid')} on this host) was killed"
-        elif trial._trial_id in stale:  # noqa: SLF001
+        elif trial_id(trial) in stale:
             why = (f"its worker (pid {attrs.get('pid')} on host {attrs.get('host', '?')}) sent no heartbeat "
-                   f"for {storage.get_heartbeat_interval() * GRACE_HEARTBEATS} s")
+                   f"for {(heartbeat_s(optuna_study) or 0) * GRACE_HEARTBEATS} s")
         else:
             continue
         with signals.atomic():  # failed and enqueued again, or neither
             try:
-                storage.set_trial_user_attr(trial._trial_id, "fail_reason", "abandoned")  # noqa: SLF001
-                storage.set_trial_user_attr(trial._trial_id, "fail_message", why)  # noqa: SLF001
-                if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):  # noqa: SLF001
+                storage.set_trial_user_attr(trial_id(trial), "fail_reason", "abandoned")
+                storage.set_trial_user_attr(trial_id(trial), "fail_message", why)
+                if not storage.set_trial_state_values(trial_id(trial), TrialState.FAIL):
                     continue
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # another worker failed it first
@@ -170,7 +170,7 @@ def run_trial(optuna_study: optuna.Study, study: Study, backend: Backend) -> Tri
             # Optuna warns that heartbeats belong to Study.optimize; run_trial sends them itself.
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trial = optuna_study.ask()
-        with get_heartbeat_thread(trial._trial_id, optuna_study._storage):  # noqa: SLF001
+        with heartbeat(optuna_study, trial):
             return _measure_trial(optuna_study, trial, study, backend)
     except BaseException as error:
         if trial is not None:
@@ -263,7 +263,7 @@ def record_constraints(trial: optuna.Trial, values: list[float]) -> None:
     optuna-dashboard read. TPE and NSGA-II write the latter themselves on tell; RandomSampler
     takes no constraints, so without this its infeasible trials would join the front."""
     trial.set_user_attr("constraints", values)
-    trial.storage.set_trial_system_attr(trial._trial_id, "constraints", values)  # noqa: SLF001  # Optuna's own key
+    set_constraints(trial, values)
 
 
 def _configure(trial: optuna.Trial, study: Study, backend: Backend) -> list[tuple[str, Config]]:
@@ -329,7 +329,7 @@ def run_study(optuna_study: optuna.Study, study: Study, backend: Backend, target
     When the trials still missing are all being measured elsewhere, this worker waits for them
     rather than leaving: if one of those workers dies, its trial is failed and retried here.
     Two workers that ask at the same instant for the last trial can overshoot the target by one."""
-    poll_s = _heartbeat_s(optuna_study) or 5
+    poll_s = heartbeat_s(optuna_study) or 5
     while True:
         lost = fail_lost(optuna_study)
         if lost and events:
@@ -348,11 +348,6 @@ def run_study(optuna_study: optuna.Study, study: Study, backend: Backend, target
         if events:
             events.trial_done(outcome)
     save_hypervolume_plot(optuna_study)
-
-
-def _heartbeat_s(optuna_study: optuna.Study) -> int | None:
-    storage = optuna_study._storage  # noqa: SLF001
-    return storage.get_heartbeat_interval() if is_heartbeat_enabled(storage) else None
 
 
 def repeatability(optuna_study: optuna.Study) -> tuple[int, int, float, float] | None:

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import optuna
 import pandas as pd
-from optuna._hypervolume import compute_hypervolume  # what Optuna's own hypervolume plots use (pinned)
 from optuna.trial import FrozenTrial, TrialState
 
 from optdse.export import parameter_columns, trial_parameters
 from optdse.histograms import LatencyHistogram
+from optdse.optuna_internals import compute_hypervolume, constraints_of
 
 #: At most this many Pareto-optimal trials get a latency time series panel.
 MAX_TIMESERIES = 6
@@ -73,7 +73,7 @@ class ReportData:
 
 
 def _feasible(trial: FrozenTrial) -> bool:
-    constraints = trial.system_attrs.get("constraints") or trial.user_attrs.get("constraints") or []
+    constraints = constraints_of(trial) or trial.user_attrs.get("constraints") or []
     return all(c <= 0 for c in constraints)
 
 
