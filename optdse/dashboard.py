@@ -7,12 +7,20 @@ import socketserver
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna
-from optuna_dashboard import save_plotly_graph_object
 
 from optdse.config import Config
 from optdse.measurement import Measurement
 
 HYPERVOLUME_PLOT_ID = "optdse-hypervolume-history"
+
+
+def save_trial_note(trial: optuna.Trial, text: str) -> None:
+    """Show `text` (Markdown) on the trial's page in the dashboard. optuna_dashboard is
+    imported here, not with this module: it imports scikit-learn (about 1 s), which commands
+    that stop before their first trial (a wrong study file, say) should not wait for."""
+    from optuna_dashboard import save_note
+
+    save_note(trial, text)
 
 
 def trial_note(config: Config, result: Measurement) -> str:
@@ -82,6 +90,8 @@ def failure_note(config: Config | None, reason: str, message: str) -> str:
 def save_hypervolume_plot(study: optuna.Study) -> bool:
     """Save (or replace) the hypervolume history among the study's plots in the dashboard;
     False while the study has no completed trial to draw."""
+    from optuna_dashboard import save_plotly_graph_object
+
     from optdse.report.data import compute_hypervolume_only
     from optdse.report.page import hypervolume_figure
 
@@ -119,4 +129,4 @@ def dashboard_server(storage: str | optuna.storages.BaseStorage, port: int, host
 
     return make_server(host, port, wsgi(storage), server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
 
-__all__ = ["dashboard_server", "failure_note", "save_hypervolume_plot", "trial_note"]
+__all__ = ["dashboard_server", "failure_note", "save_hypervolume_plot", "save_trial_note", "trial_note"]

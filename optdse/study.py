@@ -28,12 +28,11 @@ import psutil
 from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler, TPESampler
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
-from optuna_dashboard import save_note
 from sqlalchemy.exc import SQLAlchemyError
 
 from optdse import signals
 from optdse.config import GRACE_HEARTBEATS, Config
-from optdse.dashboard import failure_note, save_hypervolume_plot, trial_note
+from optdse.dashboard import failure_note, save_hypervolume_plot, save_trial_note, trial_note
 from optdse.deploy.base import Backend, DeployError
 from optdse.deploy.runs import live_process, other_live_runs
 from optdse.optuna_internals import heartbeat, heartbeat_s, set_constraints, stale_trial_ids, storage_of, trial_id
@@ -193,7 +192,7 @@ def _measure_trial(optuna_study: optuna.Study, trial: optuna.Trial, study: Study
         with signals.atomic():
             trial.set_user_attr("fail_reason", error.reason)
             trial.set_user_attr("fail_message", error.message)
-            save_note(trial, failure_note(config, error.reason, error.message))
+            save_trial_note(trial, failure_note(config, error.reason, error.message))
             optuna_study.tell(trial, state=TrialState.FAIL)
         return TrialOutcome(trial.number, TrialState.FAIL, None, f"{error.reason}: {error.message}")
     values = [float(getattr(result, o.metric)) for o in study.spec.objectives]
@@ -203,7 +202,7 @@ def _measure_trial(optuna_study: optuna.Study, trial: optuna.Trial, study: Study
             trial.set_user_attr(key, value)
         record_constraints(trial, limits)
         trial.set_user_attr("constraint_names", names)
-        save_note(trial, trial_note(config, result))
+        save_trial_note(trial, trial_note(config, result))
         optuna_study.tell(trial, values)
     summary = (f"ART {result.art_ms:.2f} ms, ACU {result.acu_cores:.3f} cores, p95 {result.p95_ms:.2f} ms, "
                f"{result.throughput_rps:.0f} req/s, errors {result.errors}")
