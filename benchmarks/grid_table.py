@@ -29,10 +29,11 @@ sys.path.insert(0, str(ROOT))
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from optdse.export import parameter_columns, trial_parameters  # noqa: E402
+from optdse.export import parameter_columns  # noqa: E402
+from optdse.record import NOT_THE_CONFIGURATION, records  # noqa: E402
 from optdse.spec import load_study  # noqa: E402
 
-#: Figures kept per grid point (trial user attrs).
+#: Figures kept per grid point (fields of its Measurement).
 COLUMNS = ("art_ms", "acu_cores", "p95_ms", "p99_ms", "cost_cores", "throughput_rps", "error_rate", "window_s",
            "requests_in_window")
 
@@ -41,14 +42,14 @@ def grid_frame(grid: optuna.Study) -> pd.DataFrame:
     """One row per measured grid point; a point measured again after an interruption keeps
     only its last measurement."""
     rows = []
-    for trial in grid.get_trials(deepcopy=False):
-        if trial.user_attrs.get("fail_reason") in ("interrupted", "abandoned") or not trial.state.is_finished():
+    for record in records(grid):
+        if record.fail_reason in NOT_THE_CONFIGURATION or not record.state.is_finished():
             continue
-        row: dict[str, object] = dict(trial_parameters(trial))
-        row["state"] = trial.state.name
-        row.update({name: trial.user_attrs.get(name) for name in COLUMNS})
-        row["constraints"] = json.dumps(trial.user_attrs["constraints"]) if "constraints" in trial.user_attrs else ""
-        row["fail_reason"] = trial.user_attrs.get("fail_reason", "")
+        row: dict[str, object] = dict(record.parameters)
+        row["state"] = record.state.name
+        row.update({name: getattr(record.measurement, name, None) for name in COLUMNS})
+        row["constraints"] = json.dumps(list(record.constraints)) if record.constraints else ""
+        row["fail_reason"] = record.fail_reason or ""
         rows.append(row)
     parameters = parameter_columns(rows)
     frame = pd.DataFrame(rows)

@@ -37,6 +37,7 @@ import optuna  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from optdse.models import ensure_model  # noqa: E402
+from optdse.record import TrialRecord  # noqa: E402
 from tests.postgres import PostgresServer  # noqa: E402
 
 OPTDSE = str(ROOT / ".venv" / "bin" / "optdse")
@@ -77,16 +78,17 @@ def main() -> None:
         shutil.rmtree(state, ignore_errors=True)
 
     print(f"worker b exit {b.returncode}; wall {wall:.1f} s for {len(trials)} trials (--trials {args.trials})")
+    kept = {t.number: TrialRecord.of(t) for t in trials}
     for (state_name, host, reason), count in sorted(collections.Counter(
-            (t.state.name, t.user_attrs.get("host"), t.user_attrs.get("fail_reason")) for t in trials).items(), key=str):
+            (r.state.name, r.host, r.fail_reason) for r in kept.values()).items(), key=str):
         print(f"  {count:3d} {state_name:8s} host {host}" + (f" ({reason})" if reason else ""))
-    lost = [t for t in trials if t.user_attrs.get("fail_reason") == "abandoned"]
+    lost = [t for t in trials if kept[t.number].fail_reason == "abandoned"]
     for trial in lost:
-        print(f"  trial {trial.number}: {trial.user_attrs['fail_message']}")
+        print(f"  trial {trial.number}: {kept[trial.number].fail_message}")
     if len(lost) != 1 or lost[0].datetime_complete is None:
         sys.exit(f"expected one abandoned trial, found {len(lost)}")
     noticed = lost[0].datetime_complete.timestamp() - killed_at
-    retries = [t for t in trials if t.user_attrs.get("retry_of") == lost[0].number]
+    retries = [t for t in trials if kept[t.number].retry_of == lost[0].number]
     again = ", ".join(f"trial {t.number} {t.state.name}" for t in retries) or "NOT measured again"
     hb = args.heartbeat  # stale once its last heartbeat (0..hb s old at the kill) is 3 hb old; b looks between trials
     print(f"lost worker's trial failed **{noticed:.0f} s** after the kill (expected {2 * hb}-{3 * hb} s plus b's current "

@@ -28,12 +28,13 @@ from optuna.trial import TrialState  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from optdse.models import ensure_model  # noqa: E402
+from optdse.record import TrialRecord  # noqa: E402
 
 SETTINGS = {"stability rule (study file)": [], "1000 requests (the seed's count)": ["--requests", "1000"]}
 
 
-def repeated_trials(study: str, trials: int, repeats: int, load: list[str]) -> list[dict[str, object]]:
-    """Run the study with --repeats and return its completed trials' user attrs."""
+def repeated_trials(study: str, trials: int, repeats: int, load: list[str]) -> list[TrialRecord]:
+    """Run the study with --repeats and return its completed trials' records."""
     with tempfile.TemporaryDirectory(prefix="optdse-repeats-") as directory:
         storage = f"sqlite:///{directory}/repeats.db"
         command = [str(ROOT / ".venv" / "bin" / "optdse"), "study", study, "--trials", str(trials),
@@ -42,7 +43,7 @@ def repeated_trials(study: str, trials: int, repeats: int, load: list[str]) -> l
         if run.returncode != 0:
             sys.exit(f"{' '.join(command)} failed ({run.returncode}):\n{run.stdout}{run.stderr}")
         finished = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
-    return [t.user_attrs for t in finished if t.state == TrialState.COMPLETE]
+    return [TrialRecord.of(t) for t in finished if t.state == TrialState.COMPLETE]
 
 
 def main() -> None:
@@ -56,10 +57,12 @@ def main() -> None:
     for label, load in SETTINGS.items():
         attrs = repeated_trials(args.study, args.trials, args.repeats, load)
         print(f"{label}:")
-        for a in attrs:
-            print(f"  {a['config']}: ART {a['art_ms']:.2f} ms (CV {a['art_cv']:.1%}), "
-                  f"ACU {a['acu_cores']:.3f} cores (CV {a['acu_cv']:.1%}), window {a['window_s']:.2f} s")
-        medians[label] = (statistics.median(a["art_cv"] for a in attrs), statistics.median(a["acu_cv"] for a in attrs))
+        for record in attrs:
+            m = record.measured
+            print(f"  {record.config}: ART {m.art_ms:.2f} ms (CV {m.art_cv or 0:.1%}), "
+                  f"ACU {m.acu_cores:.3f} cores (CV {m.acu_cv or 0:.1%}), window {m.window_s:.2f} s")
+        medians[label] = (statistics.median(r.measured.art_cv or 0 for r in attrs),
+                          statistics.median(r.measured.acu_cv or 0 for r in attrs))
         print(f"  median CV over {len(attrs)} configurations x {args.repeats} repeats: "
               f"ART {medians[label][0]:.1%}, ACU {medians[label][1]:.1%}")
     print("repeatability (median CV of ART, ACU): "

@@ -43,6 +43,7 @@ from rich.console import Console  # noqa: E402
 
 from optdse.deploy.swarm import SERVE_LABEL  # noqa: E402
 from optdse.models import ensure_model  # noqa: E402
+from optdse.record import TrialRecord  # noqa: E402
 from tests.multinode import Bed  # noqa: E402
 
 OPTDSE = str(ROOT / ".venv" / "bin" / "optdse")
@@ -79,15 +80,17 @@ def summary(name: str, storage: str, wall: float) -> list[optuna.trial.FrozenTri
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     seconds = per_trial(trials)
 
-    def median(key: str) -> float:
-        return statistics.median(t.user_attrs[key] for t in done)
+    measured = {t.number: TrialRecord.of(t).measured for t in done}
 
-    first = done[0].user_attrs
-    per_node = ", ".join(f"{node} {count}" for node, count in sorted(first["replicas_by_node"].items()))
-    rest = statistics.median(spent - t.user_attrs["deploy_s"] - t.user_attrs["load_setup_s"] - t.user_attrs["load_s"]
-                             for spent, t in zip(seconds, trials, strict=True) if t in done)
-    print(f"{name}: replicas per node {per_node} ({first['accounting']}); {len(done)} of {len(trials)} trials "
-          f"complete; wall {wall:.0f} s; first deployment {first['deploy_s']:.1f} s; per trial median "
+    def median(key: str) -> float:
+        return statistics.median(getattr(m, key) for m in measured.values())
+
+    first = measured[done[0].number]
+    per_node = ", ".join(f"{node} {count}" for node, count in sorted(first.replicas_by_node.items()))
+    rest = statistics.median(spent - measured[t.number].deploy_s - measured[t.number].load_setup_s
+                             - measured[t.number].load_s for spent, t in zip(seconds, trials, strict=True) if t in done)
+    print(f"{name}: replicas per node {per_node} ({first.accounting}); {len(done)} of {len(trials)} trials "
+          f"complete; wall {wall:.0f} s; first deployment {first.deploy_s:.1f} s; per trial median "
           f"{statistics.median(seconds):.1f} s (deploy {median('deploy_s'):.1f} s, load set-up "
           f"{median('load_setup_s'):.1f} s, load {median('load_s'):.1f} s, the rest {rest:.1f} s)")
     return trials
@@ -116,9 +119,9 @@ def main() -> None:
     print("trial | configuration | ART ms one / three | ACU cores one / three | windows one / three | load s one / three")
     for a, b in zip(ones, twos, strict=False):
         if a.state == b.state == optuna.trial.TrialState.COMPLETE:
+            ma, mb = TrialRecord.of(a).measured, TrialRecord.of(b).measured
             print(f"{a.number} | {a.params} | {a.values[0]:.2f} / {b.values[0]:.2f} | {a.values[1]:.3f} / {b.values[1]:.3f}"
-                  f" | {len(a.user_attrs['windows'])} / {len(b.user_attrs['windows'])}"
-                  f" | {a.user_attrs['load_s']:.1f} / {b.user_attrs['load_s']:.1f}")
+                  f" | {len(ma.windows)} / {len(mb.windows)} | {ma.load_s:.1f} / {mb.load_s:.1f}")
         else:
             print(f"{a.number} | {a.params} | {a.state.name} / {b.state.name}")
     pairs = [(a, b) for a, b in zip(ones, twos, strict=False) if a.state == b.state == optuna.trial.TrialState.COMPLETE]

@@ -39,6 +39,7 @@ from optuna.trial import TrialState  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from optdse.models import ensure_model  # noqa: E402
+from optdse.record import TrialRecord  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -82,10 +83,10 @@ def run_study(study: str, trials: int, duration: float | None, park: bool, stora
         # Finished trials only: the start points the run did not reach are still WAITING.
         finished = optuna.load_study(study_name=study, storage=storage).get_trials(
             deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-    done = [t.user_attrs for t in finished if t.state == TrialState.COMPLETE]
+    done = [TrialRecord.of(t).measured for t in finished if t.state == TrialState.COMPLETE]
     return Breakdown(wall_s=wall, trials=len(finished), failed=len(finished) - len(done),
-                     deploy_s=sum(a["deploy_s"] for a in done), load_setup_s=sum(a["load_setup_s"] for a in done),
-                     load_s=sum(a["load_s"] for a in done), window_s=sum(a["window_s"] for a in done))
+                     deploy_s=sum(m.deploy_s for m in done), load_setup_s=sum(m.load_setup_s for m in done),
+                     load_s=sum(m.load_s for m in done), window_s=sum(m.window_s for m in done))
 
 
 def show(label: str, b: Breakdown) -> None:

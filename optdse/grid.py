@@ -24,12 +24,9 @@ from optuna.trial import TrialState
 from optdse.knobs import KNOBS
 from optdse.levels import grid_space
 from optdse.optuna_internals import sort_grid
+from optdse.record import NOT_THE_CONFIGURATION, TrialRecord, records, retry_attrs
 from optdse.spec import Study
 from optdse.study import open_study
-
-#: Failures that say nothing about the configuration: its point is measured again on resume.
-RETRIED = ("interrupted", "abandoned")
-
 
 #: Visiting order: the slowest change to deploy outermost. A new replica count starts or stops
 #: processes; memory is raised in place (lowering it below use restarts a replica, so it
@@ -87,11 +84,11 @@ def open_grid_study(study: Study, storage: str | BaseStorage, levels: int) -> op
 def retry_interrupted(grid: optuna.Study) -> int:
     """Enqueue again each grid point whose trial was interrupted or abandoned (once; the
     study's `fail_lost` already enqueues the abandoned ones it finds)."""
-    retried = {t.user_attrs.get("retry_of") for t in grid.get_trials(deepcopy=False)}
+    retried = {r.retry_of for r in records(grid)}
     count = 0
     for trial in grid.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if trial.user_attrs.get("fail_reason") in RETRIED and trial.number not in retried:
-            grid.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+        if TrialRecord.of(trial).fail_reason in NOT_THE_CONFIGURATION and trial.number not in retried:
+            grid.enqueue_trial(dict(trial.params), user_attrs=retry_attrs(trial.number))
             count += 1
     return count
 

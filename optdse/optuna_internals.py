@@ -72,11 +72,6 @@ def set_constraints(trial: optuna.Trial, values: Sequence[float]) -> None:
     trial.storage.set_trial_system_attr(trial_id(trial), CONSTRAINTS_ATTR, list(values))
 
 
-def constraints_of(trial: FrozenTrial) -> list[float]:
-    """The constraint values stored on a trial in the form `set_constraints` writes ([]: none)."""
-    return list(trial.system_attrs.get(CONSTRAINTS_ATTR) or [])
-
-
 def sort_grid(sampler: GridSampler, key: Callable[[dict[str, Any]], Any]) -> None:
     """Put a GridSampler's points in the order of `key`, called with each point as
     {parameter: value}; the sampler then visits them in that order."""
@@ -96,5 +91,5 @@ def compute_hypervolume(loss_points: np.ndarray, reference_point: np.ndarray) ->
     return float(_compute_hypervolume(loss_points, reference_point))
 
 
-__all__ = ["CONSTRAINTS_ATTR", "HEARTBEAT_METHODS", "compute_hypervolume", "constraints_of", "grid_points",
+__all__ = ["CONSTRAINTS_ATTR", "HEARTBEAT_METHODS", "compute_hypervolume", "grid_points",
            "heartbeat", "heartbeat_s", "set_constraints", "sort_grid", "stale_trial_ids", "storage_of", "trial_id"]

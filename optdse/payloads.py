@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from optdse.config import PROTOCOLS, ProtocolName
-from optdse.models import BUILTINS, Model
+from optdse.models import Model
 from optdse.protos import protos
 from optdse.request_file import RequestFile, read_request_file
 from optdse.savedmodel import Signature, numpy_dtypes, read_signature

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from optdse.export import pareto_frame
 from optdse.knobs import SHORT
+from optdse.record import TrialRecord
 from optdse.spec import ALL_PARAMETERS, Study
 from optdse.study import TrialOutcome, trial_counts
 
@@ -71,11 +72,11 @@ class StudyProgress:
         return Group(self.progress, self.pareto_table(self.optuna_study))
 
     def trial_done(self, outcome: TrialOutcome) -> None:
-        attrs = self.optuna_study.trials[outcome.number].user_attrs
+        record = TrialRecord.of(self.optuna_study.trials[outcome.number])
         mark = "[green]ok[/]" if outcome.state == TrialState.COMPLETE else "[red]FAIL[/]"
-        retry = f" (retry of trial {attrs['retry_of']})" if "retry_of" in attrs else ""
-        self.console.print(f"trial {outcome.number:>3} {mark} {attrs.get('config', '')}{retry} -> {outcome.summary}")
-        for warning in attrs.get("warnings", []):
+        retry = f" (retry of trial {record.retry_of})" if record.retry_of is not None else ""
+        self.console.print(f"trial {outcome.number:>3} {mark} {record.config}{retry} -> {outcome.summary}")
+        for warning in record.measurement.warnings if record.measurement else []:
             self.console.print(f"          [yellow]warning:[/] {warning}")
         self.progress.update(self.task, description="")
 
@@ -95,9 +96,9 @@ class StudyProgress:
 
     def lost(self, numbers: list[int]) -> None:
         for number in numbers:
-            attrs = self.optuna_study.trials[number].user_attrs
-            again = "a retry already, not measured again" if "retry_of" in attrs else "measured again"
-            self.console.print(f"trial {number:>3} [red]lost[/]: {attrs.get('fail_message', '')}; marked FAIL "
+            record = TrialRecord.of(self.optuna_study.trials[number])
+            again = "a retry already, not measured again" if record.retry_of is not None else "measured again"
+            self.console.print(f"trial {number:>3} [red]lost[/]: {record.fail_message or ''}; marked FAIL "
                                f"(abandoned), {again}")
 
     def __enter__(self) -> StudyProgress:

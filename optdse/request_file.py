@@ -110,7 +110,7 @@ def _inputs(body: Any, signature: Signature, where: str, b64: set[str]) -> tuple
     unknown = sorted(set(body) - {"instances", "inputs", "signature_name"})
     if unknown or ("instances" in body) == ("inputs" in body):
         raise err("must have exactly one of \"instances\" (row format) or \"inputs\" (columnar), and may have "
-                  f"\"signature_name\"" + (f" (got key {unknown[0]!r})" if unknown else ""))
+                  "\"signature_name\"" + (f" (got key {unknown[0]!r})" if unknown else ""))
     named_signature = body.get("signature_name", signature.name)
     if named_signature != signature.name:
         raise err(f"signature_name {named_signature!r} is not the model's signature {signature.name!r} "

@@ -35,11 +35,21 @@ from optdse.config import GRACE_HEARTBEATS, Config
 from optdse.dashboard import failure_note, save_hypervolume_plot, save_trial_note, trial_note
 from optdse.deploy.base import Backend, DeployError
 from optdse.deploy.runs import live_process, other_live_runs
-from optdse.optuna_internals import heartbeat, heartbeat_s, set_constraints, stale_trial_ids, storage_of, trial_id
-from optdse.measurement import MAX_LATE_FRACTION, Measurement, combine_repeats, combine_scenarios
-from optdse.objective import MeasureError, measure
 from optdse.knobs import BATCHING_KNOBS
 from optdse.levels import grid_space
+from optdse.measurement import MAX_LATE_FRACTION, Measurement, combine_repeats, combine_scenarios
+from optdse.objective import MeasureError, measure
+from optdse.optuna_internals import heartbeat, heartbeat_s, set_constraints, stale_trial_ids, storage_of, trial_id
+from optdse.record import (
+    TrialRecord,
+    constraints_of,
+    records,
+    retry_attrs,
+    write_abandoned,
+    write_failed,
+    write_measured,
+    write_started,
+)
 from optdse.space import active, fixed_values, suggest_scenarios
 from optdse.spec import METRICS, Study, StudySpec
 from optdse.storage import shown_url
@@ -48,8 +58,9 @@ FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
 
 
 def constraints(trial: FrozenTrial) -> list[float]:
-    """Optuna's constraint format (<= 0 is feasible), stored by optdse as a user attr."""
-    return list(trial.user_attrs.get("constraints", [0.0]))
+    """Optuna's constraint format (<= 0 is feasible), as optdse records it (a trial that
+    recorded none counts as feasible)."""
+    return constraints_of(trial) or [0.0]
 
 
 def make_sampler(study: Study) -> BaseSampler:
@@ -113,26 +124,25 @@ def fail_lost(optuna_study: optuna.Study) -> list[int]:
     stale = stale_trial_ids(optuna_study)
     failed = []
     for trial in optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        attrs = trial.user_attrs
-        here = attrs.get("host") == socket.gethostname()
-        if here and _process_gone(attrs.get("pid"), attrs.get("pid_started")):
-            why = f"its run (pid {attrs.get('pid')} on this host) was killed"
+        record = TrialRecord.of(trial)
+        here = record.host == socket.gethostname()
+        if here and _process_gone(record.pid, record.pid_started):
+            why = f"its run (pid {record.pid} on this host) was killed"
         elif trial_id(trial) in stale:
-            why = (f"its worker (pid {attrs.get('pid')} on host {attrs.get('host', '?')}) sent no heartbeat "
+            why = (f"its worker (pid {record.pid} on host {record.host or '?'}) sent no heartbeat "
                    f"for {(heartbeat_s(optuna_study) or 0) * GRACE_HEARTBEATS} s")
         else:
             continue
         with signals.atomic():  # failed and enqueued again, or neither
             try:
-                storage.set_trial_user_attr(trial_id(trial), "fail_reason", "abandoned")
-                storage.set_trial_user_attr(trial_id(trial), "fail_message", why)
+                write_abandoned(storage, trial_id(trial), why)
                 if not storage.set_trial_state_values(trial_id(trial), TrialState.FAIL):
                     continue
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # another worker failed it first
             failed.append(trial.number)
-            if "retry_of" not in attrs:
-                optuna_study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+            if record.retry_of is None:
+                optuna_study.enqueue_trial(dict(trial.params), user_attrs=retry_attrs(trial.number))
     return failed
 
 
@@ -144,7 +154,7 @@ def trial_counts(optuna_study: optuna.Study) -> tuple[int, int]:
     """(finished, running): trials that count towards the study's target, and trials being
     measured now (by any worker). A failed trial that a retry replaces does not count."""
     trials = optuna_study.get_trials(deepcopy=False)
-    replaced = {t.user_attrs.get("retry_of") for t in trials}
+    replaced = {TrialRecord.of(t).retry_of for t in trials}
     finished = sum(1 for t in trials if t.state in FINISHED and t.number not in replaced)
     return finished, sum(1 for t in trials if t.state == TrialState.RUNNING)
 
@@ -190,18 +200,17 @@ def _measure_trial(optuna_study: optuna.Study, trial: optuna.Trial, study: Study
         config = configs[0][1]
     except (DeployError, MeasureError) as error:
         with signals.atomic():
-            trial.set_user_attr("fail_reason", error.reason)
-            trial.set_user_attr("fail_message", error.message)
+            write_failed(trial, error.reason, error.message)
             save_trial_note(trial, failure_note(config, error.reason, error.message))
             optuna_study.tell(trial, state=TrialState.FAIL)
         return TrialOutcome(trial.number, TrialState.FAIL, None, f"{error.reason}: {error.message}")
     values = [float(getattr(result, o.metric)) for o in study.spec.objectives]
     limits, names = constraint_values(result, study.spec), constraint_names(study.spec)
     with signals.atomic():  # the measured trial is recorded whole
-        for key, value in result.as_dict().items():
-            trial.set_user_attr(key, value)
-        record_constraints(trial, limits)
-        trial.set_user_attr("constraint_names", names)
+        write_measured(trial, result, limits, names)
+        # Also where Optuna's front and optuna-dashboard read them: TPE and NSGA-II write that on
+        # tell themselves, but RandomSampler takes no constraints, so its infeasible trials would join the front.
+        set_constraints(trial, limits)
         save_trial_note(trial, trial_note(config, result))
         optuna_study.tell(trial, values)
     summary = (f"ART {result.art_ms:.2f} ms, ACU {result.acu_cores:.3f} cores, p95 {result.p95_ms:.2f} ms, "
@@ -256,39 +265,26 @@ def constraint_names(spec: StudySpec) -> list[str]:
             + ([f"throughput_rps >= {slo.min_throughput_rps:g}"] if slo.min_throughput_rps is not None else []))
 
 
-def record_constraints(trial: optuna.Trial, values: list[float]) -> None:
-    """Store the trial's constraints (<= 0 is feasible) where every reader looks: the user
-    attr `constraints_func` reads, and the system attr that Optuna's Pareto front and
-    optuna-dashboard read. TPE and NSGA-II write the latter themselves on tell; RandomSampler
-    takes no constraints, so without this its infeasible trials would join the front."""
-    trial.set_user_attr("constraints", values)
-    set_constraints(trial, values)
-
-
 def _configure(trial: optuna.Trial, study: Study, backend: Backend) -> list[tuple[str, Config]]:
     """The trial's configuration under each workload scenario (one, unnamed, without them);
     records which process on which host measures it, so a resumed study can tell a trial
     whose run was killed from one still being measured."""
     me = psutil.Process()
-    for key, value in {"host": socket.gethostname(), "pid": me.pid, "pid_started": me.create_time(),
-                       "backend": backend.name}.items():
-        trial.set_user_attr(key, value)
+    who: dict[str, object] = {"host": socket.gethostname(), "pid": me.pid, "pid_started": me.create_time(),
+                              "backend": backend.name}
     others = other_live_runs()
     if others:  # another optdse process has replicas on this host: this trial shares its CPUs
-        trial.set_user_attr("host_shared_with", others)
-    for key, value in study.model.record().items():
-        trial.set_user_attr(key, value)
+        who["host_shared_with"] = others
     configs = suggest_scenarios(trial, study)
     workload = study.spec.workload.resolved() if study.spec.workload else [("", {})]
     held = active(fixed_values(study) | trial.params) | (workload[0][1] if len(workload) == 1 else {})
-    for name, value in held.items():
-        if name not in trial.params:  # held by the space or the workload (batching parameters only with batching on)
-            trial.set_user_attr(f"fixed_{name}", value)
+    # held by the space or the workload, not suggested (batching parameters only with batching on)
+    held = {name: value for name, value in held.items() if name not in trial.params}
     config = configs[0][1]
-    trial.set_user_attr("config", config.describe() if len(configs) == 1 else
-                        f"{config.server_describe()}, under {len(configs)} scenarios: {', '.join(n for n, _ in configs)}")
-    trial.set_user_attr("requests", config.client.requests)
-    trial.set_user_attr("duration_s", config.client.duration_s)
+    write_started(trial, who, study.model.record(), held,
+                  config.describe() if len(configs) == 1 else
+                  f"{config.server_describe()}, under {len(configs)} scenarios: {', '.join(n for n, _ in configs)}",
+                  config.client.requests, config.client.duration_s)
     return configs
 
 
@@ -301,8 +297,7 @@ def _record_failure(optuna_study: optuna.Study, trial: optuna.Trial, error: Base
                else f"{type(error).__name__}: {error}"[:1000])
     try:
         with signals.atomic():
-            trial.set_user_attr("fail_reason", "interrupted" if interrupted else "error")
-            trial.set_user_attr("fail_message", message)
+            write_failed(trial, "interrupted" if interrupted else "error", message)
             optuna_study.tell(trial, state=TrialState.FAIL)
     except (optuna.exceptions.OptunaError, SQLAlchemyError) as record_error:  # not RUNNING any more, or no storage
         warnings.warn(f"trial {trial.number}: could not record why it stopped ({record_error})", stacklevel=2)
@@ -352,12 +347,12 @@ def run_study(optuna_study: optuna.Study, study: Study, backend: Backend, target
 def repeatability(optuna_study: optuna.Study) -> tuple[int, int, float, float] | None:
     """(trials, repeats, median ART CV, median ACU CV) over the completed trials that were
     measured more than once; None when none were (the study ran with repeats 1)."""
-    repeated = [t.user_attrs for t in optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.user_attrs.get("repeats", 1) > 1]
+    repeated = [r.measured for r in records(optuna_study, (TrialState.COMPLETE,))
+                if r.measurement is not None and r.measurement.repeats > 1]
     if not repeated:
         return None
-    return (len(repeated), max(a["repeats"] for a in repeated), statistics.median(a["art_cv"] for a in repeated),
-            statistics.median(a["acu_cv"] for a in repeated))
+    return (len(repeated), max(m.repeats for m in repeated), statistics.median(m.art_cv or 0.0 for m in repeated),
+            statistics.median(m.acu_cv or 0.0 for m in repeated))
 
 
 #: Values per parameter in the one-factor-at-a-time start (the benchmark's grid had 4).
@@ -391,5 +386,5 @@ def start_points(study: Study) -> list[dict[str, float]]:
     return list({tuple(sorted(point.items())): point for point in points}.values())  # each once
 
 
-__all__ = ["START_LEVELS", "TrialEvents", "constraint_names", "constraint_values", "constraints", "fail_lost", "make_sampler", "open_study", "record_constraints", "repeatability", "run_study",
+__all__ = ["START_LEVELS", "TrialEvents", "constraint_names", "constraint_values", "constraints", "fail_lost", "make_sampler", "open_study", "repeatability", "run_study",
            "run_trial", "start_points", "trial_counts"]

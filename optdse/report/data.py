@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import optuna
 import pandas as pd
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
-from optdse.export import parameter_columns, trial_parameters
+from optdse.export import parameter_columns
 from optdse.histograms import LatencyHistogram
-from optdse.optuna_internals import compute_hypervolume, constraints_of
+from optdse.optuna_internals import compute_hypervolume
+from optdse.record import records
 
 #: At most this many Pareto-optimal trials get a latency time series panel.
 MAX_TIMESERIES = 6
@@ -72,24 +73,17 @@ class ReportData:
         return self.study.final_hypervolume / self.grid.final_hypervolume
 
 
-def _feasible(trial: FrozenTrial) -> bool:
-    constraints = constraints_of(trial) or trial.user_attrs.get("constraints") or []
-    return all(c <= 0 for c in constraints)
-
-
 def trials_frame(study: optuna.Study, objectives: list[str]) -> pd.DataFrame:
     """One row per finished or running trial, with what the report plots and tables need."""
     best = {t.number for t in study.best_trials}
     rows = []
-    for trial in study.trials:
-        row: dict[str, object] = {"number": trial.number, "state": trial.state.name,
-                                  "feasible": trial.state == TrialState.COMPLETE and _feasible(trial),
-                                  "pareto": trial.number in best,
-                                  "fail_reason": trial.user_attrs.get("fail_reason"),
-                                  "fail_message": trial.user_attrs.get("fail_message"),
-                                  "error_rate": trial.user_attrs.get("error_rate")}
-        row.update(trial_parameters(trial))
-        values = trial.values if trial.state == TrialState.COMPLETE and trial.values else [None] * len(objectives)
+    for record in records(study):
+        row: dict[str, object] = {"number": record.number, "state": record.state.name, "feasible": record.feasible,
+                                  "pareto": record.number in best, "fail_reason": record.fail_reason,
+                                  "fail_message": record.fail_message,
+                                  "error_rate": record.measurement.error_rate if record.measurement else None}
+        row.update(record.parameters)
+        values = record.values if record.state == TrialState.COMPLETE and record.values else [None] * len(objectives)
         row.update(dict(zip(objectives, values, strict=True)))
         rows.append(row)
     columns = ["number", "state", "feasible", "pareto", "fail_reason", "fail_message", "error_rate",
@@ -169,17 +163,16 @@ def correlations(trials: pd.DataFrame, parameters: list[str], objectives: list[s
 
 
 def pareto_timeseries(study: optuna.Study, pareto: pd.DataFrame) -> list[TimeSeries]:
-    by_number = {t.number: t for t in study.trials}
+    by_number = {r.number: r for r in records(study)}
     series = []
     for number in pareto["number"].head(MAX_TIMESERIES):
-        trial = by_number[int(number)]
-        rows = trial.user_attrs.get("timeseries")
-        if not rows or "window_start_s" not in trial.user_attrs:
+        record = by_number[int(number)]
+        measured = record.measurement
+        if measured is None or not measured.timeseries:
             continue  # measured before optdse recorded the window
-        encoded = trial.user_attrs.get("latency_histogram")  # trials measured before histograms have none
-        series.append(TimeSeries(int(number), str(trial.user_attrs.get("config", f"trial {number}")),
-                                 pd.DataFrame(rows),
-                                 (float(trial.user_attrs["window_start_s"]), float(trial.user_attrs["window_end_s"])),
+        encoded = measured.latency_histogram  # trials measured before histograms have none
+        series.append(TimeSeries(int(number), record.config or f"trial {number}", pd.DataFrame(measured.timeseries),
+                                 (measured.window_start_s, measured.window_end_s),
                                  LatencyHistogram.decode(encoded).distribution() if encoded else []))
     return series
 
@@ -227,35 +220,34 @@ def compute(study: optuna.Study, grid: optuna.Study | None = None) -> ReportData
 def cheapest_line(study: optuna.Study) -> str:
     """With service-level objectives: the feasible trial that reserves the fewest cores (then
     the least memory), what it is and what it achieved; "" for a study without them."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    names = next((t.user_attrs["constraint_names"] for t in complete if "constraint_names" in t.user_attrs), [])
+    complete = [r for r in records(study, (TrialState.COMPLETE,)) if r.measurement is not None]
+    names = next((r.constraint_names for r in complete if r.constraint_names), ())
     if len(names) < 2:  # only the error rate: no SLO
         return ""
-    feasible = [t for t in complete if _feasible(t) and "cost_cores" in t.user_attrs]
+    feasible = [r for r in complete if r.feasible]
     if not feasible:
         return f"No configuration met the SLO ({', '.join(names)}) in {len(complete)} measured trials."
-    best = min(feasible, key=lambda t: (t.user_attrs["cost_cores"], t.user_attrs.get("cost_memory_mb", 0.0)))
-    a = best.user_attrs
+    best = min(feasible, key=lambda r: (r.measured.cost_cores, r.measured.cost_memory_mb))
+    m = best.measured
     setting = ", ".join(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
-                        for name, value in trial_parameters(best).items())
+                        for name, value in best.parameters.items())
     return (f"Cheapest configuration meeting the SLO ({', '.join(names)}): trial {best.number}, {setting}: "
-            f"{a['cost_cores']:g} cores and {a.get('cost_memory_mb', 0):g} MB reserved; p99 {a['p99_ms']:.2f} ms, "
-            f"ART {a['art_ms']:.2f} ms, {a['throughput_rps']:.0f} req/s, {a.get('cpu_ms_per_request', 0):.3f} ms "
+            f"{m.cost_cores:g} cores and {m.cost_memory_mb:g} MB reserved; p99 {m.p99_ms:.2f} ms, "
+            f"ART {m.art_ms:.2f} ms, {m.throughput_rps:.0f} req/s, {m.cpu_ms_per_request:.3f} ms "
             f"of CPU per request ({len(feasible)} of {len(complete)} measured trials met the SLO). "
-            f"Server: {a.get('server_command', '?')}"
-            + (f" with batching file {a['batching_parameters'].strip()!r}" if a.get("batching_parameters") else "")
+            f"Server: {m.server_command or '?'}"
+            + (f" with batching file {m.batching_parameters.strip()!r}" if m.batching_parameters else "")
             + ".")
 
 
 def model_line(study: optuna.Study) -> str:
     """The model the study measured and what its file size counts, from its first measured trial."""
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        attrs = trial.user_attrs
-        if "model" in attrs:
-            where = attrs.get("model_path", "built-in")
-            details = "built-in" if where == "built-in" else f"{where}, signature {attrs.get('signature')}"
-            return (f"Model {attrs['model']} ({details}); file size counts {attrs.get('file_size_unit', '?')}; "
-                    f"inputs {attrs.get('request_source', '?')}.")
+    for record in records(study, (TrialState.COMPLETE,)):
+        if record.model is not None and record.measurement is not None:
+            where = record.model_path
+            details = "built-in" if where == "built-in" else f"{where}, signature {record.signature}"
+            return (f"Model {record.model} ({details}); file size counts {record.measured.file_size_unit or '?'}; "
+                    f"inputs {record.measured.request_source or '?'}.")
     return ""
 
 

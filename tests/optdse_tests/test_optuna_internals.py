@@ -24,7 +24,7 @@ def test_constraints_reach_optuna_and_the_dashboard() -> None:
         internals.set_constraints(trial, constraints)
         study.tell(trial, values)
     first, second = study.get_trials()
-    assert internals.constraints_of(first) == [0.5] and internals.constraints_of(second) == [-0.5]
+    assert first.system_attrs[internals.CONSTRAINTS_ATTR] == [0.5] and second.system_attrs[internals.CONSTRAINTS_ATTR] == [-0.5]
     assert [t.number for t in study.best_trials] == [1]  # the infeasible trial, though better, is not on the front
     shown = serialize_frozen_trial(study._study_id, first, {})  # noqa: SLF001  # what the dashboard sends its page
     assert shown["constraints"] == [0.5]
