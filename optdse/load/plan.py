@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -88,9 +89,31 @@ class LoadPlan:
         return [base + (1 if i < extra else 0) for i in range(self.threads)]
 
 
-#: One request as a worker reports it: (send, latency, ok, code, retried, late) — send and
-#: latency in seconds (open loop: send is when it was due), late: how long after it was due it went out.
-Record = tuple[float, float, bool, str, int, float]
+class Record(NamedTuple):
+    """One request as a worker reports it. A named tuple: a run makes one per request, and
+    sorting the gathered records by send time is a tuple sort."""
+
+    send: float      # perf_counter at send, s (open loop: when it was due)
+    latency: float   # s
+    ok: bool
+    code: str        # "OK" or the error's code
+    retried: int     # sent again to another replica after a refusal (0 or 1)
+    late: float      # open loop: how long after it was due it went out, s
+    thread: int      # the run's thread index that sent it
+
+
+@dataclass(frozen=True)
+class WorkerReport:
+    """What a load worker process sends the run every REPORT_S, and once when it is done."""
+
+    worker: int
+    records: list[Record]    # the requests finished since its last report
+    watermark: float         # no request still to be reported was sent (due) before this time
+    usage: tuple[float, float] | None = None  # in its last report: its CPU and wall seconds
+
+    @property
+    def done(self) -> bool:
+        return self.usage is not None
 
 
 @dataclass(frozen=True)
@@ -124,4 +147,4 @@ class LoadResult:
         return max((c / w for c, w in zip(self.client_cpu_seconds, self.client_wall_seconds) if w > 0), default=0.0)
 
 
-__all__ = ["LoadError", "LoadPlan", "LoadResult", "Record"]
+__all__ = ["LoadError", "LoadPlan", "LoadResult", "Record", "WorkerReport"]

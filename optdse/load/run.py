@@ -31,7 +31,7 @@ from dataclasses import replace
 import numpy as np
 
 from optdse import signals
-from optdse.load.plan import LoadError, LoadPlan, LoadResult
+from optdse.load.plan import LoadError, LoadPlan, LoadResult, Record, WorkerReport
 from optdse.stability import StabilityJudge, StabilityRule
 
 #: A worker that has used more than this share of one core was likely the bottleneck.
@@ -42,20 +42,17 @@ class Gathered:
     """The workers' reports so far: their records, in arrival order, and their watermarks."""
 
     def __init__(self, workers: int) -> None:
-        self.rows: list[tuple] = []  # (send, latency, ok, code, retried, late, thread)
+        self.rows: list[Record] = []
         self.marks = [float("-inf")] * workers
         self.usage: dict[int, tuple[float, float]] = {}  # per finished worker: (cpu, wall) seconds
         self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
-    def add(self, message: tuple) -> None:
-        kind, index, rows = message[:3]
-        self.rows.extend(rows)
+    def add(self, report: WorkerReport) -> None:
+        self.rows.extend(report.records)
         self._arrays = None
-        if kind == "chunk":
-            self.marks[index] = max(self.marks[index], message[3])
-        else:  # "done": nothing more will come from it
-            self.marks[index] = float("inf")
-            self.usage[index] = (message[3], message[4])
+        self.marks[report.worker] = max(self.marks[report.worker], report.watermark)  # inf once done
+        if report.usage is not None:  # its last report: nothing more will come from it
+            self.usage[report.worker] = report.usage
 
     @property
     def watermark(self) -> float:
@@ -70,9 +67,9 @@ class Gathered:
         """(send, latency, ok) of the records so far."""
         if self._arrays is None:
             rows = self.rows
-            self._arrays = (np.fromiter((r[0] for r in rows), np.float64, len(rows)),
-                            np.fromiter((r[1] for r in rows), np.float64, len(rows)),
-                            np.fromiter((r[2] for r in rows), bool, len(rows)))
+            self._arrays = (np.fromiter((r.send for r in rows), np.float64, len(rows)),
+                            np.fromiter((r.latency for r in rows), np.float64, len(rows)),
+                            np.fromiter((r.ok for r in rows), bool, len(rows)))
         return self._arrays
 
 
@@ -173,15 +170,15 @@ def _result(plan: LoadPlan, gathered: Gathered, started: float, finished: float,
     rows = sorted(gathered.rows)
     errors: dict[str, int] = {}
     for row in rows:
-        if row[3] != "OK":
-            errors[row[3]] = errors.get(row[3], 0) + 1
+        if row.code != "OK":
+            errors[row.code] = errors.get(row.code, 0) + 1
     usage = [gathered.usage[i] for i in sorted(gathered.usage)]
     result = LoadResult(
-        send=np.array([r[0] for r in rows]), latency=np.array([r[1] for r in rows]),
-        ok=np.array([r[2] for r in rows], dtype=bool), thread=np.array([r[6] for r in rows], dtype=np.int64),
+        send=np.array([r.send for r in rows]), latency=np.array([r.latency for r in rows]),
+        ok=np.array([r.ok for r in rows], dtype=bool), thread=np.array([r.thread for r in rows], dtype=np.int64),
         error_codes=errors, started=started, finished=finished, client_cpu_seconds=tuple(c for c, _ in usage),
-        client_wall_seconds=tuple(w for _, w in usage), retried=sum(r[4] for r in rows),
-        late=np.array([r[5] for r in rows]), loop=plan.describe_loop(), offered_rps=plan.rate_rps,
+        client_wall_seconds=tuple(w for _, w in usage), retried=sum(r.retried for r in rows),
+        late=np.array([r.late for r in rows]), loop=plan.describe_loop(), offered_rps=plan.rate_rps,
         stopped_at=stopped_at, judge=judge)
     if result.busiest_worker_cores > SATURATED_CORE:
         warning = (f"the load generator saturated a core ({result.busiest_worker_cores:.2f} cores in one "

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from optdse.load.callers import CLIENTS, CallFailed, Caller
-from optdse.load.plan import LoadPlan, Record
+from optdse.load.callers import CLIENTS, Caller, CallFailed
+from optdse.load.plan import LoadPlan, Record, WorkerReport
 
 if TYPE_CHECKING:
     import multiprocessing
@@ -111,8 +111,8 @@ class LoadWorker:
             if caller.rows(answer) != {self.plan.batches[which]}:
                 code = "BAD_RESPONSE"
         start_at = t0 if due is None else due
-        self.records[slot].append((start_at, t1 - start_at, code == "OK", code, retried,
-                                   0.0 if due is None else t0 - due))
+        self.records[slot].append(Record(start_at, t1 - start_at, code == "OK", code, retried,
+                                         0.0 if due is None else t0 - due, self.thread_ids[slot]))
         return t1
 
     def run_closed(self, slot: int) -> None:
@@ -162,13 +162,13 @@ class LoadWorker:
             return low
 
     def new_records(self) -> list[Record]:
-        """Records added since the last call, and the global thread index of each as a 7th field."""
-        rows = []
-        for slot, (tid, records) in enumerate(zip(self.thread_ids, self.records)):
+        """Records added since the last call."""
+        rows: list[Record] = []
+        for slot, records in enumerate(self.records):
             end = len(records)
-            rows.extend((*r, tid) for r in records[self.reported[slot]:end])
+            rows.extend(records[self.reported[slot]:end])
             self.reported[slot] = end
-        return rows  # type: ignore[return-value]
+        return rows
 
     def run(self, results: multiprocessing.Queue, index: int) -> None:  # type: ignore[type-arg]
         """Run the threads from the shared start and report every REPORT_S until they are done."""
@@ -191,9 +191,9 @@ class LoadWorker:
             threading.Thread(target=thread_main, args=(slot,), daemon=True).start()
         while not all_done.wait(REPORT_S):
             mark = self.watermark()  # before the records: see the module docstring
-            results.put(("chunk", index, self.new_records(), mark))
+            results.put(WorkerReport(index, self.new_records(), mark))
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-        results.put(("done", index, self.new_records(), cpu, wall))
+        results.put(WorkerReport(index, self.new_records(), float("inf"), (cpu, wall)))
         self.client.close()
 
 
