@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 import optuna  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from optdse.deploy.swarm import SERVE_LABEL  # noqa: E402
+from optdse.deploy.swarm_nodes import SERVE_LABEL  # noqa: E402
 from optdse.models import ensure_model  # noqa: E402
 from optdse.record import TrialRecord  # noqa: E402
 from tests.multinode import Bed  # noqa: E402

@@ -24,6 +24,7 @@ from optdse.stability import StabilityRule
 DEFAULT_RULE = StabilityRule()
 
 if TYPE_CHECKING:
+    from optdse.deploy.base import Backend
     from optdse.models import Model
 
 console = Console(stderr=True, soft_wrap=True)  # log lines stay whole when piped
@@ -56,7 +57,7 @@ def _model_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _backend(name: str, model: Model, args: argparse.Namespace, image: str = "host-python") -> Any:
+def _backend(name: str, model: Model, args: argparse.Namespace, image: str = "host-python") -> Backend:
     """The named backend, ready to deploy `model` (exported on first use) from `image`
     (docker and swarm only), with the command line's swarm options."""
     from optdse.models import ensure_model
@@ -66,7 +67,7 @@ def _backend(name: str, model: Model, args: argparse.Namespace, image: str = "ho
         return _new_backend(name, base_path, args, image)
 
 
-def _new_backend(name: str, base_path: Path, args: argparse.Namespace, image: str) -> Any:
+def _new_backend(name: str, base_path: Path, args: argparse.Namespace, image: str) -> Backend:
     if name == "swarm":
         from optdse.deploy.swarm import SwarmBackend
 
@@ -370,7 +371,7 @@ def _dashboard(args: argparse.Namespace) -> int:
 def _clean(args: argparse.Namespace) -> int:
     from optdse.deploy.base import DeployError
     from optdse.deploy.cgroups import CgroupDriver
-    from optdse.deploy.docker import clean_stale_containers
+    from optdse.deploy.engine import clean_stale_containers
     from optdse.deploy.runs import clean_stale_runs
     from optdse.network import clean_stale_namespaces
 

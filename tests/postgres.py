@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from optdse.deploy.local import free_port
+from optdse.deploy.base import free_port
 from tests.processes import stop_process
 
 

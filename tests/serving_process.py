@@ -18,7 +18,8 @@ import grpc
 from serving.tensorflow_import import import_tensorflow
 
 import_tensorflow()  # the tests build tensors with TF itself, so the real package loads first
-from optdse.deploy.local import free_port, serve_command  # noqa: E402
+from optdse.deploy.base import free_port  # noqa: E402
+from optdse.deploy.local import serve_command  # noqa: E402
 from optdse.protos import protos  # noqa: E402
 from tests.processes import stop_process  # noqa: E402
 

@@ -14,9 +14,9 @@ import pytest
 
 from optdse.deploy.base import DeployError
 from optdse.deploy.cgroups import CgroupDriver
-from optdse.deploy.docker import docker_client
+from optdse.deploy.engine import docker_client
 from optdse.deploy.local import LocalBackend
-from optdse.deploy.swarm import ensure_swarm
+from optdse.deploy.swarm_nodes import ensure_swarm
 from tests.postgres import PostgresMissing, PostgresServer
 from tests.serving_process import optdse_command
 

@@ -18,8 +18,10 @@ import pytest
 from optdse.config import ServerConfig
 from optdse.deploy.base import Backend, DeployError
 from optdse.deploy.cgroups import CgroupDriver
-from optdse.deploy.docker import LABEL_RUN, DockerBackend
-from optdse.deploy.local import LocalBackend, wait_available
+from optdse.deploy.base import wait_available
+from optdse.deploy.docker import DockerBackend
+from optdse.deploy.engine import LABEL_RUN
+from optdse.deploy.local import LocalBackend
 from optdse.deploy.runs import state_dir
 from optdse.deploy.swarm import SwarmBackend
 from optdse.knobs import ServerKnobs

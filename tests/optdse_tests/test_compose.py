@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from optdse.deploy.docker import docker_client
-from optdse.deploy.local import wait_available
+from optdse.deploy.base import wait_available
+from optdse.deploy.engine import docker_client
 from tests.optdse_tests.conftest import listens_on_loopback_only
 
 COMPOSE_FILE = Path(__file__).resolve().parents[2] / "serving" / "docker-compose.yml"

@@ -58,3 +58,13 @@ def test_grid_and_study_loop_do_not_import_each_other() -> None:
     study = ast.parse((ROOT / "optdse" / "study.py").read_text())
     imported = {node.module for node in ast.walk(study) if isinstance(node, ast.ImportFrom)}
     assert "optdse.grid" not in imported
+
+
+def test_no_backend_imports_another_backends_module() -> None:
+    """Backends share through optdse.deploy.base (the lifecycle) and optdse.deploy.engine
+    (Docker engines), never through each other."""
+    backends = {"local", "docker", "swarm"}
+    for name in backends:
+        tree = ast.parse((ROOT / "optdse" / "deploy" / f"{name}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        assert not imported & {f"optdse.deploy.{other}" for other in backends - {name}}, (name, imported)

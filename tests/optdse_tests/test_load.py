@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import psutil
 
-from optdse.deploy.local import free_port
+from optdse.deploy.base import free_port
 from optdse.load import LoadPlan, run_load, stop_helpers
 from optdse.measurement import cut_window
 from optdse.payloads import build_payload

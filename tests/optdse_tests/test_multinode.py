@@ -19,7 +19,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from optdse.deploy.swarm import SERVE_LABEL
+from optdse.deploy.swarm_nodes import SERVE_LABEL
 from tests.multinode import Bed, BedUnavailable
 from tests.optdse_tests.conftest import require_docker
 from tests.processes import stop_process
@@ -116,7 +116,8 @@ SCALE_ONTO_A_NEWLY_LABELLED_NODE = """
 import json, sys
 from pathlib import Path
 from optdse.config import ServerConfig
-from optdse.deploy.swarm import SERVE_LABEL, SwarmBackend
+from optdse.deploy.swarm import SwarmBackend
+from optdse.deploy.swarm_nodes import SERVE_LABEL
 from optdse.models import builtin
 
 base_path, image, *engines = sys.argv[1:]

@@ -10,7 +10,7 @@ import optuna
 from optuna.trial import TrialState
 
 from optdse.measurement import Measurement
-from optdse.record import TrialRecord, records, retry_attrs, write_failed, write_measured, write_started
+from optdse.record import records, retry_attrs, write_failed, write_measured, write_started
 
 
 def _measurement() -> Measurement:

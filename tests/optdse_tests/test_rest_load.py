@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from optdse.deploy.base import DeployError, Endpoint
-from optdse.deploy.local import free_port
+from optdse.deploy.base import DeployError, Endpoint, free_port
 from optdse.load import LoadPlan, run_load
 from optdse.payloads import build_payload
 from optdse.space import to_config

@@ -31,8 +31,8 @@ import pytest
 from optuna.trial import TrialState
 
 from optdse.deploy.cgroups import CgroupDriver
-from optdse.deploy.docker import LABEL_RUN, docker_client
-from optdse.deploy.local import free_port
+from optdse.deploy.base import free_port
+from optdse.deploy.engine import LABEL_RUN, docker_client
 from tests.optdse_tests.conftest import require_docker, write_study
 from tests.serving_process import ServerProcess, optdse_command
 

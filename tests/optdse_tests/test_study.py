@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from optdse.histograms import LatencyHistogram
 from optdse.deploy.cgroups import CgroupDriver
-from optdse.deploy.local import free_port
+from optdse.deploy.base import free_port
 from tests.optdse_tests.conftest import SPACE, optdse, require_docker, write_study
 from tests.serving_process import optdse_command
 

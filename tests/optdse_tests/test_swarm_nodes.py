@@ -15,10 +15,11 @@ import pytest
 
 from optdse.config import ServerConfig
 from optdse.deploy.cgroups import CgroupDriver
-from optdse.deploy.docker import container_cgroup, docker_client
-from optdse.deploy.local import wait_available
-from optdse.deploy.swarm import (PORT_RANGE, REST_OFFSET, SERVE_LABEL, EngineStats, SwarmBackend, block_ports,
-                                 free_base_port, swarm_nodes)
+from optdse.deploy.base import wait_available
+from optdse.deploy.engine import container_cgroup, docker_client
+from optdse.deploy.swarm import SwarmBackend
+from optdse.deploy.swarm_nodes import (PORT_RANGE, REST_OFFSET, SERVE_LABEL, EngineStats, block_ports,
+                                      free_base_port, swarm_nodes)
 from optdse.models import builtin
 from tests.optdse_tests.conftest import listens_on_loopback_only, optdse
 

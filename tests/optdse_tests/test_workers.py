@@ -19,7 +19,7 @@ import psutil
 import pytest
 from optuna.trial import TrialState
 
-from optdse.deploy.local import free_port
+from optdse.deploy.base import free_port
 from optdse.deploy.runs import Run, measuring_lock
 from tests.optdse_tests.conftest import optdse, write_study
 from tests.postgres import PostgresServer
