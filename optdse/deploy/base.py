@@ -155,6 +155,19 @@ def make_ready(replicas: Sequence[ReplicaHandle], server: ServerConfig, timeout:
         replica.set_limits(server.cpus, server.memory_mb)
 
 
+class LoopbackReplica:
+    """What a replica on this host's loopback has, whatever runs it: its name (replica-N) and
+    its gRPC and REST ports."""
+
+    name: str
+    port: int
+    rest_port: int
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(replica=int(self.name.rsplit("-", 1)[1]), host=HOST, port=self.port, rest_port=self.rest_port)
+
+
 class ReplicaHandle(Protocol):
     """One replica as `ReplicaBackend` handles it, whatever runs it (a process, a container)."""
 

@@ -20,21 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from optdse.config import ServerConfig
-from optdse.deploy.base import HOST, DeployError, Endpoint, ReplicaBackend, free_port, write_batching_file
+from optdse.deploy.base import HOST, DeployError, LoopbackReplica, ReplicaBackend, free_port, write_batching_file
 from optdse.deploy.cgroups import CFS_PERIOD_US
-from optdse.deploy.engine import (
-    LABEL_REPLICA,
-    LABEL_RUN,
-    ServingImage,
-    container_cgroup,
-    docker_client,
-    docker_errors,
-    remove_labelled,
-)
+from optdse.deploy.engine import (LABEL_REPLICA, LABEL_RUN, ServingImage, container_cgroup, docker_client,
+                                  docker_errors, remove_labelled)
 from optdse.deploy.runs import Run
 
 
-class Container:
+class Container(LoopbackReplica):
     """One replica: its container, port and cgroup (for CPU and memory accounting)."""
 
     def __init__(self, client: Any, name: str, run: Run, server: ServerConfig, image: ServingImage) -> None:
@@ -62,10 +55,6 @@ class Container:
     @property
     def id(self) -> str:
         return str(self.container.id)
-
-    @property
-    def endpoint(self) -> Endpoint:
-        return Endpoint(replica=int(self.name.rsplit("-", 1)[1]), host=HOST, port=self.port, rest_port=self.rest_port)
 
     def alive(self, fresh: bool = False) -> bool:
         now = time.monotonic()

@@ -27,7 +27,7 @@ import psutil
 
 from optdse import signals
 from optdse.config import ServerConfig
-from optdse.deploy.base import HOST, DeployError, Endpoint, ReplicaBackend, free_port, write_batching_file
+from optdse.deploy.base import HOST, DeployError, LoopbackReplica, ReplicaBackend, free_port, write_batching_file
 from optdse.deploy.cgroups import Cgroup, CgroupDriver
 from optdse.deploy.runs import Run, remove_run_groups
 
@@ -38,7 +38,7 @@ def serve_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "serving.server"]
 
 
-class Replica:
+class Replica(LoopbackReplica):
     """One optdse-serve process, its port, its cgroup (or None) and its log."""
 
     def __init__(self, name: str, server: ServerConfig, model_base_path: Path, cgroup: Cgroup | None,
@@ -75,10 +75,6 @@ class Replica:
     @property
     def id(self) -> str:
         return str(self.process.pid)
-
-    @property
-    def endpoint(self) -> Endpoint:
-        return Endpoint(replica=int(self.name.rsplit("-", 1)[1]), host=HOST, port=self.port, rest_port=self.rest_port)
 
     def alive(self, fresh: bool = True) -> bool:
         """Whether the process runs (always a fresh answer: a poll is cheap)."""

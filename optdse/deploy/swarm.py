@@ -35,26 +35,10 @@ from typing import Any
 from optdse.config import ServerConfig
 from optdse.deploy.base import HOST, Backend, DeployError, Endpoint, ResourceSample, wait_available
 from optdse.deploy.cgroups import Cgroup
-from optdse.deploy.engine import (
-    LABEL_RUN,
-    ServingImage,
-    container_cgroup,
-    docker_client,
-    docker_errors,
-    remove_labelled,
-)
+from optdse.deploy.engine import LABEL_RUN, ServingImage, container_cgroup, docker_client, docker_errors, remove_labelled
 from optdse.deploy.runs import Run
-from optdse.deploy.swarm_nodes import (
-    REST_OFFSET,
-    SERVE_LABEL,
-    EngineStats,
-    Node,
-    answering_ports,
-    block_ports,
-    ensure_swarm,
-    free_base_port,
-    swarm_nodes,
-)
+from optdse.deploy.swarm_nodes import (REST_OFFSET, SERVE_LABEL, EngineStats, Node, answering_ports, block_ports,
+                                       ensure_swarm, free_base_port, swarm_nodes)
 from optdse.knobs import CONTAINER_BATCHING_FILE, ServerKnobs
 
 
