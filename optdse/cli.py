@@ -43,12 +43,12 @@ def _model_export(args: argparse.Namespace) -> int:
     from serving.models import export_model
     from serving.tensorflow_import import import_tensorflow
 
-    import_tensorflow()
+    tf = import_tensorflow()
     with console.status(f"building and exporting {args.name} ..."):
         try:
             result = export_model(args.name, args.output, version=args.version, data=args.data, weights=args.weights)
-        except (ValueError, FileExistsError, FileNotFoundError) as error:
-            return _fail("model export", str(error))
+        except (ValueError, OSError, tf.errors.OpError) as error:  # bad data or weights, a path it cannot write
+            return _fail("model export", str(error).splitlines()[0] if str(error) else type(error).__name__)
     print(f"exported {result.model} to {result.path}")
     print(f"  data set: {result.dataset} ({result.train_examples} train / {result.test_examples} held out)")
     print(f"  weights:  {result.weights}")
@@ -149,7 +149,7 @@ def _run_trials(command: str, args: argparse.Namespace, prepare: Callable[[Any, 
     Ctrl-C, print the front."""
     from optdse.deploy.runs import measuring_lock, other_live_runs
     from optdse.spec import SpecError, load_study
-    from optdse.storage import default_storage, open_storage
+    from optdse.storage import OPEN_ERRORS, default_storage, open_storage
 
     _quiet_optuna()
     try:
@@ -161,7 +161,7 @@ def _run_trials(command: str, args: argparse.Namespace, prepare: Callable[[Any, 
         optuna_study, target = prepare(study, open_storage(url, args.heartbeat))
     except ValueError as error:  # objectives or grid levels differ from the stored study's
         return _fail(command, str(error))
-    except Exception as error:  # noqa: BLE001  # a URL Optuna/SQLAlchemy cannot open: say which, no traceback
+    except OPEN_ERRORS as error:  # a URL Optuna/SQLAlchemy cannot open: say which, no traceback
         return _cannot_open(command, url, error)
     with measuring_lock() as alone:
         if not alone:
@@ -296,7 +296,7 @@ def _stored_study(command: str, args: argparse.Namespace) -> tuple[Any, str] | i
     import optuna
 
     from optdse.spec import SpecError, find_study_file
-    from optdse.storage import default_storage
+    from optdse.storage import OPEN_ERRORS, default_storage
 
     try:
         name = find_study_file(args.name).stem
@@ -308,7 +308,7 @@ def _stored_study(command: str, args: argparse.Namespace) -> tuple[Any, str] | i
         return optuna.load_study(study_name=name, storage=storage), storage
     except KeyError:
         return _fail(command, f"no study {name!r} in {_shown(storage)}; run `optdse study {name}` first")
-    except Exception as error:  # noqa: BLE001  # a URL Optuna/SQLAlchemy cannot open
+    except OPEN_ERRORS as error:  # a URL Optuna/SQLAlchemy cannot open
         return _cannot_open(command, storage, error)
 
 

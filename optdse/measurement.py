@@ -199,6 +199,9 @@ def summarize(load: LoadResult, samples: Samples, window: Window, memory_peaks: 
         warnings.append(f"not stable: the load ran its {load.judge.rule.max_s:g} s and its last "
                         f"{load.judge.rule.windows} windows still differ by {stability_spread:.0%} in throughput or "
                         "mean latency; the figures are those windows'")
+    if samples.stopped_by is not None:
+        warnings.append(f"CPU and memory sampling stopped before the load ended ({samples.stopped_by}): ACU and "
+                        "memory cover only the samples before it")
     if window.seconds < SHORT_WINDOW_S:
         warnings.append(f"the measurement window is only {window.seconds:.2f} s: ACU over so few 100 ms CPU-quota "
                         "periods is coarse; use a longer stability window_s (or more --requests)")

@@ -50,6 +50,7 @@ class Samples:
     rapl_joules: np.ndarray | None  # cumulative package energy (whole machine), if readable
     cpu_by_node: dict[str, np.ndarray]  # cpu_seconds split by the host the replicas run on
     replicas_by_node: dict[str, int]    # how many replicas ran on each host, as the load started
+    stopped_by: str | None = None       # why sampling ended before the load did (a replica went away)
 
     def cpu_between(self, start: float, end: float) -> float:
         """CPU seconds the replicas used in [start, end], by linear interpolation."""
@@ -127,6 +128,7 @@ class Monitor:
         self._rapl: list[float] = []
         self._rapl_files = _rapl_files()
         self._stop = threading.Event()
+        self._stopped_by: str | None = None
         self._thread = threading.Thread(target=self._loop, name="optdse-monitor", daemon=True)
 
     def _read_rapl(self) -> float:
@@ -141,8 +143,9 @@ class Monitor:
         while not self._stop.wait(self.interval):
             try:
                 self._take()
-            except OSError:
-                return  # a replica went away mid-run; the backend's check() reports why
+            except OSError as error:  # a replica went away mid-run; the backend's check() reports why
+                self._stopped_by = f"{type(error).__name__}: {error}"
+                return
 
     def start(self) -> None:
         self.backend.reset_peaks()
@@ -152,10 +155,11 @@ class Monitor:
     def stop(self) -> Samples:
         self._stop.set()
         self._thread.join()
-        try:
-            self._take()
-        except OSError:
-            pass
+        if self._stopped_by is None:
+            try:
+                self._take()
+            except OSError as error:
+                self._stopped_by = f"{type(error).__name__}: {error}"
         return Samples(
             time=np.array([s.time for s in self._samples]),
             cpu_seconds=np.array([sum(s.cpu_seconds) for s in self._samples]),
@@ -163,6 +167,7 @@ class Monitor:
             rapl_joules=np.array(self._rapl) if self._rapl_files else None,
             cpu_by_node=_by_node(self._samples),
             replicas_by_node=dict(collections.Counter(_nodes(self._samples[0]))),
+            stopped_by=self._stopped_by,
         )
 
 

@@ -15,6 +15,7 @@ from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from optdse.models import DEFAULT_SIGNATURE, ModelError
 from optdse.protos import protos
@@ -85,7 +86,7 @@ def read_signature(base_path: Path, name: str = DEFAULT_SIGNATURE) -> Signature:
     saved = protos().saved_model_pb2.SavedModel()
     try:
         saved.ParseFromString((folder / "saved_model.pb").read_bytes())
-    except Exception as error:  # noqa: BLE001  # protobuf's DecodeError and friends: one line
+    except (DecodeError, OSError) as error:  # not a protobuf, or unreadable: one line
         raise ModelError(f"{folder}/saved_model.pb: not a SavedModel ({error})") from None
     graphs = [g for g in saved.meta_graphs if SERVE_TAG in g.meta_info_def.tags] or list(saved.meta_graphs)
     if not graphs:

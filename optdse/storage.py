@@ -49,6 +49,13 @@ OUTAGE_S = 120.0
 
 log = logging.getLogger("optdse")
 
+#: What opening a storage URL raises when the URL cannot be opened (measured): an unknown
+#: scheme or a file name (SQLAlchemy's ArgumentError), a database that does not answer
+#: (OperationalError), a driver that is not installed (ImportError), an SQLite file in a
+#: directory that does not exist (OSError), and Optuna's wrapping of any of them.
+OPEN_ERRORS: tuple[type[Exception], ...] = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError,
+                                            ImportError, OSError)
+
 
 def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S) -> str | BaseStorage:
     """The storage behind `url`: an RDB URL (SQLite, PostgreSQL, MySQL) gets Optuna's

@@ -40,11 +40,14 @@ def docker_client() -> Any:
     """A client for the local engine, or a DeployError that says what is missing."""
     try:
         import docker
-
+        import requests
+    except ImportError as error:
+        raise DeployError("docker", f"the Docker SDK is not installed ({error})") from None
+    try:
         client = docker.from_env(version="auto", timeout=60)
         client.ping()
         return client
-    except Exception as error:  # noqa: BLE001  # any failure here means: no usable engine
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as error:  # no socket, no answer
         raise DeployError("docker", f"no Docker engine reachable ({type(error).__name__}: {error}); "
                                     "install one (apt-get install docker.io) and start dockerd") from None
 

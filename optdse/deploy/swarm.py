@@ -215,11 +215,12 @@ class SwarmBackend(Backend):
             return None
         if url not in self._engines:
             import docker
+            import requests
 
             try:
                 self._engines[url] = docker.DockerClient(base_url=url, use_ssh_client=url.startswith("ssh://"),
                                                          version="auto", timeout=30)
-            except Exception as error:  # noqa: BLE001  # any failure: this node cannot be measured
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as error:  # unreachable
                 raise DeployError("swarm", f"--swarm-engine {node.hostname}={url}: cannot reach it "
                                            f"({type(error).__name__}: {error})") from None
         return self._engines[url]

@@ -80,3 +80,11 @@ def test_missing_idx_files_are_a_clear_error(tmp_path: Path) -> None:
     result = export_model("mnist", tmp_path / "model", "--data", str(tmp_path))
     assert result.returncode == 2
     assert "train-images-idx3-ubyte" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("output", ["/proc/optdse-cannot-write-here", "/dev/null/model"])
+def test_an_export_that_fails_is_one_line(output: str) -> None:
+    """A path TensorFlow cannot write is the user's error: one line and exit code 2."""
+    done = export_model("mnist", Path(output))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.startswith("optdse model export: error: ") and len(done.stderr.strip().splitlines()) == 1
