@@ -29,6 +29,8 @@ from optdse.models import builtin
 from tests.optdse_tests.conftest import listens_on_loopback_only, require_docker
 from tests.serving_process import optdse_command
 
+pytestmark = pytest.mark.slow  # the real-system layer: real servers, replicas, containers or studies
+
 
 def leftovers(backend: Backend, ids: tuple[str, ...]) -> list[str]:
     """What of this backend's making still exists after close()."""
@@ -49,13 +51,18 @@ def leftovers(backend: Backend, ids: tuple[str, ...]) -> list[str]:
     raise NotImplementedError(type(backend).__name__)
 
 
-BACKENDS = ["local", "docker", "swarm", "docker/optdse-image", "docker/tf-serving-image", "swarm/optdse-image"]
+#: Every backend, and docker with a TF-Serving image (its own network namespace, ports published
+#: on loopback: another code path). The optdse.serve image runs the same code paths as
+#: host-python; it is deployed by test_each_image_mode_runs_as_documented on docker and by every
+#: test on the three-node bed (test_multinode) on swarm, so the whole contract is not run again
+#: for it (it cost 200 s of CI).
+BACKENDS = ["local", "docker", "swarm", "docker/tf-serving-image"]
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, mnist_base_path: Path, cgroup_driver: CgroupDriver,
             monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Backend]:
-    """Each backend, and the docker/swarm ones in each image mode (see ServingImage)."""
+    """Each of BACKENDS, made as the CLI makes it."""
     monkeypatch.setenv("OPTDSE_STATE_DIR", str(tmp_path / "state"))
     kind, _, image_mode = request.param.partition("/")
     image = {"": "host-python", "optdse-image": "serving_image",

@@ -12,6 +12,8 @@ import pytest
 
 from optdse.deploy.cgroups import Cgroup, CgroupDriver
 
+pytestmark = pytest.mark.slow  # the real-system layer: real servers, replicas, containers or studies
+
 BUSY = "import time\nend = time.monotonic() + 1.5\nwhile time.monotonic() < end: pass"
 HOG = "x = bytearray(200 * 2**20)\nx[::4096] = b'1' * len(x[::4096])"  # touch every page
 

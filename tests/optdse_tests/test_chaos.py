@@ -9,11 +9,14 @@ from pathlib import Path
 
 import optuna
 import psutil
+import pytest
 from optuna.trial import TrialState
 
 from optdse.deploy.cgroups import CgroupDriver
 from optdse.network import NETNS_DIR
 from tests.optdse_tests.conftest import optdse, write_study
+
+pytestmark = pytest.mark.slow  # the real-system layer: real servers, replicas, containers or studies
 
 # Two replicas every trial, so one survives the kill; a delayed link, so the relay runs too.
 SPACE = """\

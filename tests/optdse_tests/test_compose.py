@@ -13,6 +13,8 @@ from optdse.deploy.base import wait_available
 from optdse.deploy.engine import docker_client
 from tests.optdse_tests.conftest import listens_on_loopback_only
 
+pytestmark = pytest.mark.slow  # the real-system layer: real servers, replicas, containers or studies
+
 COMPOSE_FILE = Path(__file__).resolve().parents[2] / "serving" / "docker-compose.yml"
 
 

@@ -42,6 +42,7 @@ def grid_trials(project: Path) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name="g-grid", storage=f"sqlite:///{project}/results/optdse.db").trials
 
 
+@pytest.mark.slow
 def test_a_grid_is_measured_once_per_point_resumes_after_ctrl_c_and_overlays_the_study(project: Path) -> None:
     write_study(project, "g", space=TWO_BY_TWO, trials=3, requests=150, enqueue="[]")
     run = subprocess.Popen([*optdse_command(), "grid", "g", "--levels", "2"], cwd=project,

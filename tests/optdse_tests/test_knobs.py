@@ -93,6 +93,7 @@ def flag(command: list[str], name: str) -> str:
     return next(part.split("=", 1)[1] for part in command if part.startswith(f"--{name}="))
 
 
+@pytest.mark.slow
 def test_the_batching_file_is_mounted_read_only_where_the_container_s_flag_points(
         mnist_base_path: Path, serving_image: str) -> None:
     """(That every knob reaches every backend's replicas, in each image mode, is the backend
@@ -112,6 +113,7 @@ def test_the_batching_file_is_mounted_read_only_where_the_container_s_flag_point
         backend.close()
 
 
+@pytest.mark.slow
 def test_measure_takes_the_knobs_and_the_trial_records_the_server_command(tmp_path: Path, project: Path) -> None:
     done = optdse(project, "measure", "--enable-batching", "--max-batch-size", "16", "--batch-timeout-micros", "700",
                   "--num-batch-threads", "1", "--grpc-max-threads", "7", "--threads", "4", "--requests", "200",

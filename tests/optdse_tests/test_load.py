@@ -5,12 +5,16 @@ from __future__ import annotations
 import numpy as np
 import psutil
 
+import pytest
+
 from optdse.deploy.base import free_port
 from optdse.load import LoadPlan, run_load, stop_helpers
 from optdse.measurement import cut_window
 from optdse.payloads import build_payload
 from optdse.stability import StabilityRule
 from tests.serving_process import ServerProcess
+
+pytestmark = pytest.mark.slow  # the real-system layer: real servers, replicas, containers or studies
 
 
 def plan(targets: tuple[str, ...], threads: int, requests: int, file_size: int = 4, processes: int = 0) -> LoadPlan:

@@ -15,6 +15,8 @@ from optdse.models import builtin
 from optdse.objective import measure
 from tests.optdse_tests.conftest import optdse
 
+pytestmark = pytest.mark.slow  # the real-system layer: real servers, replicas, containers or studies
+
 JSON_KEYS = {"art_ms", "p50_ms", "p95_ms", "p99_ms", "throughput_rps", "errors", "acu_cores",
              "client_cpu_cores", "mem_peak_mb", "energy_j", "energy_method", "energy_is_estimate", "timeseries"}
 

@@ -22,6 +22,8 @@ from optdse.models import builtin
 from optdse.objective import measure
 from tests.optdse_tests.conftest import optdse, require_docker
 
+pytestmark = pytest.mark.slow  # the real-system layer: real servers, replicas, containers or studies
+
 # model -> (small file, large file, the least ratio of their median response times)
 SIZES = {
     "inception": (64, 4096, 1.5),   # JPEG edge: decoding and resizing a 16 MP photo comes on top

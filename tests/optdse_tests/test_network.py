@@ -27,6 +27,8 @@ from optdse.objective import measure
 from optdse.payloads import build_payload
 from tests.optdse_tests.conftest import optdse
 
+pytestmark = pytest.mark.slow  # the real-system layer: real servers, replicas, containers or studies
+
 DELAY_MS = 40.0
 
 

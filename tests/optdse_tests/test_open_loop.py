@@ -55,6 +55,7 @@ def _plan(target: str, **changes: object) -> LoadPlan:
     return LoadPlan(**{**fields, **changes})  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_offered_rate_and_measured_throughput_agree_below_capacity(server: ServerProcess) -> None:
     result = run_load(_plan(f"127.0.0.1:{server.port}", rate_rps=150.0, requests=450))
     assert result.ok.all() and result.loop.startswith("open loop, 150 req/s constant")
@@ -85,6 +86,7 @@ def _with_freeze(plan: LoadPlan, pid: int, at_s: float, for_s: float) -> tuple[L
     return result, moments["stop"], moments["cont"]
 
 
+@pytest.mark.slow
 def test_a_frozen_replica_shows_in_the_open_loop_tail_and_hides_in_the_closed_loop(local: LocalBackend) -> None:
     (endpoint,) = local.apply(ServerConfig(builtin("mnist"), replicas=1, cpus=2.0, memory_mb=1000))
     pid = local.replicas[0].process.pid
@@ -109,6 +111,7 @@ def test_a_frozen_replica_shows_in_the_open_loop_tail_and_hides_in_the_closed_lo
     assert closed.latency.max() >= 0.4  # the freeze happened to it too
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("cgroup_driver")
 def test_optdse_measure_at_an_offered_rate_reports_the_loop_tail_and_late_sends(project: Path) -> None:
     done = optdse(project, "measure", "--rate", "150", "--arrival", "poisson", "--duration", "4",
@@ -137,6 +140,7 @@ def test_a_config_says_which_loop_it_uses() -> None:
     assert "4 threads" in closed.describe() and "50 req/s poisson" in opened.describe()
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("cgroup_driver")
 def test_an_open_loop_study_searches_the_offered_rate(project: Path) -> None:
     space = SPACE.replace("threads:   {low: 1, high: 4}", "rate_rps:  {low: 50, high: 200, log: true}")
@@ -157,6 +161,7 @@ def test_an_open_loop_study_searches_the_offered_rate(project: Path) -> None:
 
 # --- the stability rule, on real runs ---------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("cgroup_driver")
 def test_measure_by_default_runs_until_its_last_three_windows_agree(project: Path) -> None:
     done = optdse(project, "measure", "--threads", "2", "--json")
@@ -179,6 +184,7 @@ def test_measure_by_default_runs_until_its_last_three_windows_agree(project: Pat
     assert LatencyHistogram.decode(figures["latency_histogram"]).count == sum(w["answered"] for w in kept)
 
 
+@pytest.mark.slow
 def test_a_measurement_that_never_agrees_is_recorded_as_not_stable(local: LocalBackend) -> None:
     never = StabilityRule(window_s=1.0, windows=3, tolerance=1e-9, warmup_s=0.25, max_s=3.5)
     config = Config(ServerConfig(builtin("mnist"), 1, 1.0, 1000),
@@ -190,6 +196,7 @@ def test_a_measurement_that_never_agrees_is_recorded_as_not_stable(local: LocalB
     assert 3.5 <= result.load_s < 5.0 and result.window_s == pytest.approx(3.0)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("cgroup_driver")
 def test_a_study_without_a_request_count_measures_each_trial_by_the_stability_rule(project: Path) -> None:
     write_study(project, "steady", trials=2, requests=None,

@@ -18,6 +18,8 @@ from optdse.study import open_study
 from tests.optdse_tests.conftest import SPACE as TEST_SPACE
 from tests.optdse_tests.conftest import make_project, optdse, write_study
 
+pytestmark = pytest.mark.slow  # the real-system layer: real servers, replicas, containers or studies
+
 # Varied, so every panel has something to draw; the 100 MB one fails OOM (a recorded failure).
 ENQUEUE = "[" + ", ".join((
     "{threads: 1, file_size: 1, replicas: 1, cpus: 1.0, memory_mb: 1000}",

@@ -27,6 +27,7 @@ def rest_plan(server: ServerProcess, threads: int = 2, requests: int = 60, file_
     return LoadPlan(**{**plan.__dict__, **changes})
 
 
+@pytest.mark.slow
 def test_measure_over_rest_answers_every_request_and_says_so(project: Path) -> None:
     done = optdse(project, "measure", "--protocol", "rest", "--threads", "2", "--file-size", "2",
                   "--requests", "200", "--json")
@@ -38,6 +39,7 @@ def test_measure_over_rest_answers_every_request_and_says_so(project: Path) -> N
     assert figures["request_bytes"] == len(build_payload("mnist", 2, "rest").body)  # the JSON, not the protobuf
 
 
+@pytest.mark.slow
 def test_rest_requests_are_answered_and_their_rows_checked(server: ServerProcess) -> None:
     result = run_load(rest_plan(server, threads=3, requests=90))
     assert len(result.send) == 90 and result.ok.all() and result.error_codes == {}
@@ -50,6 +52,7 @@ def test_rest_requests_are_answered_and_their_rows_checked(server: ServerProcess
     ({"bodies": (b'{"inputs": [[0.5, 0.5',)}, "HTTP_400"),  # not JSON
     ({"path": "/v1/models/no-such-model:predict"}, "HTTP_404"),
 ])
+@pytest.mark.slow
 def test_a_bad_rest_request_is_counted_by_its_http_status(server: ServerProcess, changes: dict[str, object],
                                                           code: str) -> None:
     result = run_load(rest_plan(server, **changes))
@@ -57,12 +60,14 @@ def test_a_bad_rest_request_is_counted_by_its_http_status(server: ServerProcess,
     assert result.error_codes == {code: 60}  # every request answered and counted; the connection survives
 
 
+@pytest.mark.slow
 def test_a_dead_rest_target_is_unavailable_and_the_live_one_still_answers(server: ServerProcess) -> None:
     dead = f"127.0.0.1:{free_port()}"  # nobody listens: every request there fails
     result = run_load(rest_plan(server, requests=100, targets=(f"127.0.0.1:{server.rest_port}", dead)))
     assert result.ok.sum() == 50 and result.error_codes == {"UNAVAILABLE": 50}
 
 
+@pytest.mark.slow
 def test_a_rest_target_that_never_answers_runs_out_of_time(server: ServerProcess) -> None:
     """A real listening socket that accepts connections (the kernel does) and never answers."""
     with socket.socket() as silent:
@@ -76,6 +81,7 @@ def test_a_rest_target_that_never_answers_runs_out_of_time(server: ServerProcess
     assert time.perf_counter() - began < 30
 
 
+@pytest.mark.slow
 def test_a_bad_protocol_in_a_study_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
     path = write_study(tmp_path, "bad", protocol="http")
     done = optdse(tmp_path, "study", str(path))
@@ -91,6 +97,7 @@ def test_the_study_files_protocol_reaches_the_client(tmp_path: Path) -> None:
     assert load_study(str(write_study(tmp_path, "default"))).spec.protocol == "grpc"
 
 
+@pytest.mark.slow
 def test_measure_rejects_an_unknown_protocol(project: Path) -> None:
     done = optdse(project, "measure", "--protocol", "http")
     assert done.returncode == 2 and "--protocol: invalid choice: 'http'" in done.stderr

@@ -36,7 +36,7 @@ from optdse.deploy.engine import LABEL_RUN, docker_client
 from tests.optdse_tests.conftest import require_docker, write_study
 from tests.serving_process import ServerProcess, optdse_command
 
-pytestmark = pytest.mark.usefixtures("cgroup_driver")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("cgroup_driver")]  # the real-system layer
 
 #: A generous bound on how long a command may take to stop: "within a few seconds" on a quiet
 #: machine, with room for a loaded CI host. Not a timing claim: a command that hangs fails it.

@@ -174,6 +174,7 @@ def test_a_workload_gives_the_load_and_the_space_only_knobs(tmp_path: Path) -> N
         load_study(str(bad))
 
 
+@pytest.mark.slow
 def test_the_cli_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:
     path = write_study(tmp_path, "bad", trials=-3)
     done = optdse(tmp_path, "study", str(path))
@@ -183,6 +184,7 @@ def test_the_cli_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:
     assert f"{path}: trials:" in done.stderr
 
 
+@pytest.mark.slow
 def test_an_unknown_study_name_lists_the_known_ones(tmp_path: Path) -> None:
     done = optdse(tmp_path, "study", "no-such-study")
     assert done.returncode == 2
@@ -190,6 +192,7 @@ def test_an_unknown_study_name_lists_the_known_ones(tmp_path: Path) -> None:
             "mnist-network, mnist-pareto, mnist-slo, nmt-pareto") in done.stderr
 
 
+@pytest.mark.slow
 def test_a_storage_url_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
     done = optdse(tmp_path, "study", "mnist-pareto", "--storage", "nosuch://nowhere")
     assert done.returncode == 2 and "Traceback" not in done.stderr

@@ -102,6 +102,7 @@ def test_a_new_sqlite_file_opened_at_once_opens_for_all(tmp_path: Path) -> None:
     assert open_at_once(f"sqlite:///{tmp_path / 'study.db'}") == []
 
 
+@pytest.mark.slow
 def test_an_empty_postgresql_database_opened_at_once_opens_for_all(postgres: PostgresServer) -> None:
     """What two `optdse worker`s started together did (one died: IntegrityError on
     alembic_version), with the start lined up so that the race happens every time."""

@@ -25,7 +25,7 @@ from optdse.deploy.base import free_port
 from tests.optdse_tests.conftest import SPACE, optdse, require_docker, write_study
 from tests.serving_process import optdse_command
 
-pytestmark = pytest.mark.usefixtures("cgroup_driver")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("cgroup_driver")]  # the real-system layer
 
 
 def storage(project: Path) -> str:

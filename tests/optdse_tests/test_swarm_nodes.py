@@ -23,6 +23,8 @@ from optdse.deploy.swarm_nodes import (PORT_RANGE, REST_OFFSET, SERVE_LABEL, Eng
 from optdse.models import builtin
 from tests.optdse_tests.conftest import listens_on_loopback_only, optdse
 
+pytestmark = pytest.mark.slow  # the real-system layer: real servers, replicas, containers or studies
+
 LOCAL_ENGINE = "unix:///var/run/docker.sock"
 
 

@@ -22,6 +22,8 @@ from optdse.payloads import build_payload
 from optdse.protos import protos
 from tests.optdse_tests.conftest import SPACE, optdse, require_docker
 
+pytestmark = pytest.mark.slow  # the real-system layer: real servers, replicas, containers or studies
+
 STATION = Path(__file__).with_name("station_model.py")
 REQUESTS = [  # row format, bytes both plain and as b64, numbers as ints for a float input
     {"signature_name": "estimate", "instances": [{"readings": [1.0, 2.0, 3.0], "station": 7, "tag": "north"},

@@ -25,7 +25,7 @@ from tests.optdse_tests.conftest import optdse, write_study
 from tests.postgres import PostgresServer
 from tests.serving_process import optdse_command
 
-pytestmark = pytest.mark.usefixtures("cgroup_driver")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("cgroup_driver")]  # the real-system layer
 
 OTHER_HOST = "optdse-test-host-a"
 

@@ -192,6 +192,7 @@ def batching_server(mnist_base_path: Path, tmp_path_factory: pytest.TempPathFact
         assert process.stop() == 0, process.log()
 
 
+@pytest.mark.slow
 def test_batching_server_answers_each_client_with_its_own_rows(batching_server: ServerProcess, mnist_base_path: Path) -> None:
     reference = tf.saved_model.load(str(mnist_base_path / "1")).signatures["predict_images"]
     stub = prediction_service_pb2_grpc.PredictionServiceStub(batching_server.channel)

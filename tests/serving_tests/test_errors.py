@@ -16,6 +16,8 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from tests.serving_process import ServerProcess
 from tests.serving_tests.test_rest import http, post
 
+pytestmark = pytest.mark.slow  # the real-system layer: real servers, replicas, containers or studies
+
 GOOD = np.full((1, 784), 0.5, np.float32)
 
 

@@ -48,6 +48,7 @@ def write_small_mnist(directory: Path) -> None:
         write_idx(directory / f"{split}-labels-idx1-ubyte", y.astype(np.uint8))
 
 
+@pytest.mark.slow
 def test_export_from_idx_files_with_version(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
@@ -70,18 +71,21 @@ def test_export_from_idx_files_with_version(tmp_path: Path) -> None:
     assert again.returncode == 2 and "already holds a model" in again.stderr
 
 
+@pytest.mark.slow
 def test_default_export_uses_scikit_learn_digits(mnist_base_path: Path) -> None:
     provenance = json.loads((mnist_base_path / "1/assets.extra/optdse_model.json").read_text())
     assert provenance["dataset"].startswith("scikit-learn handwritten digits")
     assert provenance["held_out_accuracy"] > 0.9
 
 
+@pytest.mark.slow
 def test_missing_idx_files_are_a_clear_error(tmp_path: Path) -> None:
     result = export_model("mnist", tmp_path / "model", "--data", str(tmp_path))
     assert result.returncode == 2
     assert "train-images-idx3-ubyte" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("output", ["/proc/optdse-cannot-write-here", "/dev/null/model"])
 def test_an_export_that_fails_is_one_line(output: str) -> None:
     """A path TensorFlow cannot write is the user's error: one line and exit code 2."""

@@ -30,6 +30,7 @@ def run_serve(*args: str) -> subprocess.CompletedProcess[str]:
         (["--model_base_path={base}", "--enable_batching", "--batching_parameters_file={bad_batching}"], "max_batch_siz"),
     ],
 )
+@pytest.mark.slow
 def test_bad_flags_exit_2_with_one_line(mnist_base_path: Path, tmp_path: Path, args: list[str], mentions: str) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "batching.txt").write_text("max_batch_size { value: 8 }\n")
@@ -85,6 +86,7 @@ def test_bad_batching_parameters(text: str, mentions: str) -> None:
     assert str(raised.value).startswith("params.txt")
 
 
+@pytest.mark.slow
 def test_port_in_use_is_reported_not_shared(server, mnist_base_path: Path) -> None:
     """gRPC's SO_REUSEPORT is off: a second server must not silently share a busy port."""
     result = run_serve(f"--port={server.port}", "--model_name=mnist", f"--model_base_path={mnist_base_path}")

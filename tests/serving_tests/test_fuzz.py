@@ -8,9 +8,13 @@ import grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import pytest
+
 from tests.serving_process import ServerProcess
 from tests.serving_tests.test_errors import assert_still_serving
 from tests.serving_tests.test_rest import http
+
+pytestmark = pytest.mark.slow  # the real-system layer: real servers, replicas, containers or studies
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -19,6 +19,8 @@ from tensorflow_serving.apis import (
 
 from tests.serving_process import ServerProcess
 
+pytestmark = pytest.mark.slow  # the real-system layer: real servers, replicas, containers or studies
+
 LOADING, AVAILABLE = 20, 30
 
 

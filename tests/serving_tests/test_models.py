@@ -19,6 +19,8 @@ from optdse.payloads import synthetic_jpeg
 from serving.models import deepspeech, inception, nmt
 from tests.serving_process import ServerProcess, export_model
 
+pytestmark = pytest.mark.slow  # the real-system layer: real servers, replicas, containers or studies
+
 
 def _request(model: str, signature: str, inputs: dict[str, object], dtype: tf.DType | None = None) -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()

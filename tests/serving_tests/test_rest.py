@@ -16,6 +16,8 @@ import tensorflow as tf
 
 from tests.serving_process import ServerProcess
 
+pytestmark = pytest.mark.slow  # the real-system layer: real servers, replicas, containers or studies
+
 
 def http(method: str, url: str, body: bytes | None = None) -> tuple[int, Any]:
     request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/json"})
