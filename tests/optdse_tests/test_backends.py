@@ -248,6 +248,25 @@ def test_each_image_mode_runs_as_documented(mnist_base_path: Path, serving_image
         assert leftovers(backend, ()) == []
 
 
+@pytest.mark.usefixtures("swarm")
+def test_the_serving_image_runs_as_a_swarm_task(mnist_base_path: Path, serving_image: str,
+                                                 monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The optdse.serve image on swarm (the contract runs there with host-python): the model
+    read-only at /models/mnist, the task on the host network, bound to 127.0.0.1."""
+    monkeypatch.setenv("OPTDSE_STATE_DIR", str(tmp_path / "state"))
+    backend = SwarmBackend(mnist_base_path, warn=pytest.fail, image=serving_image)
+    try:
+        (endpoint,) = backend.apply(config())
+        inspected = backend.client.api.inspect_container(backend.replica_ids()[0])
+        assert [(m["Destination"], m["RW"]) for m in inspected["Mounts"]] == [("/models/mnist", False)]
+        assert inspected["HostConfig"]["NetworkMode"] == "host" and "optdse-serve" in backend.server_command
+        assert listens_on_loopback_only(endpoint.port)
+        wait_available(endpoint.target, "mnist", timeout=5)
+    finally:
+        backend.close()
+    assert leftovers(backend, ()) == []
+
+
 def test_swarm_refuses_an_image_that_cannot_stay_on_loopback(mnist_base_path: Path, tf_serving_like_image: str,
                                                             swarm: None) -> None:
     with pytest.raises(DeployError) as caught:
