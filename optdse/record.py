@@ -2,9 +2,10 @@
 
 A trial's record grows in steps, each written whole by the study loop (`signals.atomic`):
 
-- started (`write_started`): who measures it (host, pid, backend: a resumed study tells a
-  killed run's trial from one being measured), the model, the parameters the space or the
-  workload held (Optuna records only suggested ones) and the configuration as text;
+- owned (`write_owner`, first of all, right after the trial is asked): who measures it
+  (host, pid, backend), so a resumed study tells a killed run's trial from one being measured;
+- configured (`write_configuration`): the model, the parameters the space or the workload
+  held (Optuna records only suggested ones) and the configuration as text;
 - measured (`write_measured`): every field of the `Measurement`, and the constraints;
 - failed (`write_failed`, or `write_abandoned` for another worker's lost trial): the reason
   and message;
@@ -114,11 +115,17 @@ def records(study: optuna.Study, states: Sequence[TrialState] | None = None) -> 
     return [TrialRecord.of(t) for t in study.get_trials(deepcopy=False, states=states)]
 
 
-def write_started(trial: optuna.Trial, who: Mapping[str, Any], model: Mapping[str, Any], held: Mapping[str, Any],
-                  config: str, requests: int | None, duration_s: float | None) -> None:
-    """Who measures the trial (host, pid, pid_started, backend, host_shared_with), its model
-    (`Model.record()`), what it holds without suggesting, and the configuration as text."""
-    for key, value in {**who, **model, **{f"fixed_{n}": v for n, v in held.items()}, "config": config,
+def write_owner(trial: optuna.Trial, who: Mapping[str, Any]) -> None:
+    """Who measures the trial: host, pid, pid_started, backend (and host_shared_with)."""
+    for key, value in who.items():
+        trial.set_user_attr(key, value)
+
+
+def write_configuration(trial: optuna.Trial, model: Mapping[str, Any], held: Mapping[str, Any], config: str,
+                        requests: int | None, duration_s: float | None) -> None:
+    """The trial's model (`Model.record()`), what it holds without suggesting, and the
+    configuration as text."""
+    for key, value in {**model, **{f"fixed_{n}": v for n, v in held.items()}, "config": config,
                        "requests": requests, "duration_s": duration_s}.items():
         trial.set_user_attr(key, value)
 
@@ -147,4 +154,4 @@ def retry_attrs(failed: int) -> dict[str, int]:
 
 
 __all__ = ["NOT_THE_CONFIGURATION", "TrialRecord", "constraints_of", "records", "retry_attrs", "write_abandoned",
-           "write_failed", "write_measured", "write_started"]
+           "write_configuration", "write_failed", "write_measured", "write_owner"]

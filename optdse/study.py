@@ -48,7 +48,8 @@ from optdse.record import (
     write_abandoned,
     write_failed,
     write_measured,
-    write_started,
+    write_configuration,
+    write_owner,
 )
 from optdse.space import active, fixed_values, suggest_scenarios
 from optdse.spec import METRICS, Study, StudySpec
@@ -275,16 +276,17 @@ def _configure(trial: optuna.Trial, study: Study, backend: Backend) -> list[tupl
     others = other_live_runs()
     if others:  # another optdse process has replicas on this host: this trial shares its CPUs
         who["host_shared_with"] = others
+    write_owner(trial, who)  # before anything that takes time: a run killed from here on is found at once
     configs = suggest_scenarios(trial, study)
     workload = study.spec.workload.resolved() if study.spec.workload else [("", {})]
     held = active(fixed_values(study) | trial.params) | (workload[0][1] if len(workload) == 1 else {})
     # held by the space or the workload, not suggested (batching parameters only with batching on)
     held = {name: value for name, value in held.items() if name not in trial.params}
     config = configs[0][1]
-    write_started(trial, who, study.model.record(), held,
-                  config.describe() if len(configs) == 1 else
-                  f"{config.server_describe()}, under {len(configs)} scenarios: {', '.join(n for n, _ in configs)}",
-                  config.client.requests, config.client.duration_s)
+    scenarios = ", ".join(name for name, _ in configs)
+    described = (config.describe() if len(configs) == 1 else
+                 f"{config.server_describe()}, under {len(configs)} scenarios: {scenarios}")
+    write_configuration(trial, study.model.record(), held, described, config.client.requests, config.client.duration_s)
     return configs
 
 

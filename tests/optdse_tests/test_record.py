@@ -10,7 +10,7 @@ import optuna
 from optuna.trial import TrialState
 
 from optdse.measurement import Measurement
-from optdse.record import records, retry_attrs, write_failed, write_measured, write_started
+from optdse.record import records, retry_attrs, write_failed, write_configuration, write_measured, write_owner
 
 
 def _measurement() -> Measurement:
@@ -37,8 +37,9 @@ def test_a_measured_trial_reads_back_whole(tmp_path: Path) -> None:
     trial = study.ask()
     trial.suggest_int("threads", 1, 8)
     measured = _measurement()
-    write_started(trial, {"host": "h", "pid": 7, "pid_started": 1.5, "backend": "local", "host_shared_with": [9]},
-                  {"model": "mnist", "model_path": "built-in"}, {"replicas": 2, "cpus": 0.5}, "a configuration", 300, None)
+    write_owner(trial, {"host": "h", "pid": 7, "pid_started": 1.5, "backend": "local", "host_shared_with": [9]})
+    write_configuration(trial, {"model": "mnist", "model_path": "built-in"}, {"replicas": 2, "cpus": 0.5},
+                        "a configuration", 300, None)
     write_measured(trial, measured, [-1.0, 0.5], ["error_rate <= 0.01", "p99_ms <= 5"])
     study.tell(trial, [measured.art_ms, measured.acu_cores])
     record, = records(study)
