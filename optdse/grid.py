@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from optdse.knobs import KNOBS
 from optdse.levels import grid_space
 from optdse.optuna_internals import sort_grid
-from optdse.record import NOT_THE_CONFIGURATION, TrialRecord, records, retry_attrs
+from optdse.record import NOT_THE_CONFIGURATION, TrialRecord, retry_attrs
 from optdse.spec import Study
 from optdse.study import open_study
 
@@ -84,11 +84,14 @@ def open_grid_study(study: Study, storage: str | BaseStorage, levels: int) -> op
 def retry_interrupted(grid: optuna.Study) -> int:
     """Enqueue again each grid point whose trial was interrupted or abandoned (once; the
     study's `fail_lost` already enqueues the abandoned ones it finds)."""
-    retried = {r.retry_of for r in records(grid)}
+    trials = grid.get_trials(deepcopy=False)
+    kept = [TrialRecord.of(trial) for trial in trials]  # each trial read once
+    retried = {record.retry_of for record in kept}
     count = 0
-    for trial in grid.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if TrialRecord.of(trial).fail_reason in NOT_THE_CONFIGURATION and trial.number not in retried:
-            grid.enqueue_trial(dict(trial.params), user_attrs=retry_attrs(trial.number))
+    for trial, record in zip(trials, kept, strict=True):
+        if (record.state == TrialState.FAIL and record.fail_reason in NOT_THE_CONFIGURATION
+                and record.number not in retried):
+            grid.enqueue_trial(dict(trial.params), user_attrs=retry_attrs(record.number))
             count += 1
     return count
 
