@@ -8,7 +8,9 @@ makes for each table). So the storage is opened under the database's own lock: P
 session advisory lock, MySQL's GET_LOCK, held on a connection of its own until the tables
 exist; whoever comes second finds them made. SQLite has no such lock and races the same way
 (`table studies already exists`, four threads opening one new file): an flock on the
-database's directory serialises it there.
+database's directory serialises it there. A process that is not optdse (optuna-dashboard,
+`optuna.load_study` in a script) takes no lock: when it makes the tables at the same moment,
+opening fails the same way and is tried again (in 20 such races, 7 opens failed before).
 
 A worker also rides out a short database outage (a restart, a failover, a dropped link):
 every call of the storage interface that fails because the connection is gone is tried
@@ -44,6 +46,8 @@ RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
 #: The advisory lock's key (PostgreSQL) and name (MySQL): any constant all optdse processes share.
 SCHEMA_LOCK_KEY = 0x6F707464_7365  # "optdse"
 SCHEMA_LOCK_TIMEOUT_S = 120
+#: How often opening is tried when a process outside the lock races it to make the schema.
+SCHEMA_RACE_ATTEMPTS = 5
 #: How long a storage call waits for a database that went away to come back.
 OUTAGE_S = 120.0
 
@@ -65,8 +69,26 @@ def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S) -> str | BaseStorage:
         return url
     with _schema_lock(url), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
-        return PatientRDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=GRACE_HEARTBEATS * heartbeat_s,
-                                 engine_kwargs={"pool_pre_ping": True})
+        for attempt in range(SCHEMA_RACE_ATTEMPTS):
+            try:
+                return PatientRDBStorage(url, heartbeat_interval=heartbeat_s,
+                                         grace_period=GRACE_HEARTBEATS * heartbeat_s,
+                                         engine_kwargs={"pool_pre_ping": True})
+            except sqlalchemy.exc.SQLAlchemyError as error:
+                if not _schema_race(error) or attempt + 1 == SCHEMA_RACE_ATTEMPTS:
+                    raise
+                time.sleep(0.2 * (attempt + 1))  # the other opener is finishing the schema
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _schema_race(error: sqlalchemy.exc.SQLAlchemyError) -> bool:
+    """Whether opening failed because a process outside optdse's schema lock (an
+    optuna-dashboard, a script with `optuna.load_study`) created the same tables at the same
+    moment: their second creator sees the tables or the version row already there. Opening
+    again then finds the schema made."""
+    return isinstance(error, sqlalchemy.exc.IntegrityError) or (
+        isinstance(error, sqlalchemy.exc.OperationalError | sqlalchemy.exc.ProgrammingError)
+        and "already exists" in str(error))
 
 
 def connection_lost(error: BaseException) -> bool:
