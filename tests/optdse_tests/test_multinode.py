@@ -21,7 +21,7 @@ import pytest
 
 from optdse.deploy.swarm_nodes import SERVE_LABEL
 from tests.multinode import Bed, BedUnavailable
-from tests.optdse_tests.conftest import require_docker
+from tests.optdse_tests.conftest import SERVING_IMAGE, require_docker
 from tests.processes import stop_process
 from tests.serving_process import optdse_command
 
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def bed() -> Iterator[Bed]:
     try:
-        made = Bed.start(3)
+        made = Bed.start(3, seed=SERVING_IMAGE)  # the image's layers linked in, where it can be
     except BedUnavailable as error:
         if os.environ.get("CI"):
             raise
@@ -59,8 +59,8 @@ def test_the_bed_is_a_three_node_swarm_on_addresses_of_its_own(bed: Bed) -> None
 
 @pytest.fixture(scope="module")
 def image_on_bed(bed: Bed, serving_image: str) -> str:
-    """The serving image in every engine of the bed (~3 GB each: the manager inspects it, the
-    workers run it)."""
+    """The serving image in every engine of the bed (the manager inspects it, the workers run
+    it): seeded by the bed, or else loaded (~3 GB each)."""
     require_docker()
     bed.load_image(serving_image, bed.nodes)
     return serving_image
