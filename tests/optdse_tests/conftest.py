@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import ipaddress
+import json
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -18,6 +21,7 @@ from optdse.deploy.engine import docker_client
 from optdse.deploy.local import LocalBackend
 from optdse.deploy.swarm_nodes import ensure_swarm
 from tests.postgres import PostgresMissing, PostgresServer
+from tests.run_shared import run_lock
 from tests.serving_process import optdse_command
 
 SPACE = """\
@@ -84,15 +88,32 @@ def local(mnist_base_path: Path, cgroup_driver: CgroupDriver, monkeypatch: pytes
 
 
 @pytest.fixture(scope="session")
-def swarm() -> Iterator[None]:
+def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A Swarm to deploy services in: the engine's own, or a single-node one on 127.0.0.1
-    that this fixture initialises and leaves again at the end."""
+    that this fixture initialises and leaves again once no pytest-xdist worker of this run
+    uses it (their sessions count themselves in a file all of them share)."""
     require_docker()
     client = docker_client()
-    initialised = ensure_swarm(client, init=True)
+    with _swarm_users(tmp_path_factory) as users:
+        if not users["count"]:
+            users["initialised"] = ensure_swarm(client, init=True)
+        users["count"] += 1
     yield
-    if initialised:
-        client.swarm.leave(force=True)
+    with _swarm_users(tmp_path_factory) as users:
+        users["count"] -= 1
+        if not users["count"] and users["initialised"]:
+            client.swarm.leave(force=True)
+            users["initialised"] = False
+
+
+@contextlib.contextmanager
+def _swarm_users(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The run's record of the swarm fixture's users, changed under the run's lock."""
+    with run_lock(tmp_path_factory, "swarm") as directory:
+        path = directory / "swarm-users.json"
+        users = json.loads(path.read_text()) if path.exists() else {"count": 0, "initialised": False}
+        yield users
+        path.write_text(json.dumps(users))
 
 
 def listens_on_loopback_only(port: int) -> bool:

@@ -221,7 +221,9 @@ def test_a_swarm_study_runs_and_leaves_no_service(project: Path) -> None:
     trials = load(project, "swarmed").get_trials(states=(TrialState.COMPLETE,))
     assert len(trials) == 2 and {t.user_attrs["backend"] for t in trials} == {"swarm"}
     client = docker.from_env(version="auto")
-    assert client.services.list(filters={"label": "optdse.run"}) == []
+    (pid,) = {t.user_attrs["pid"] for t in trials}  # the study's run ids start with its pid
+    assert [s.name for s in client.services.list(filters={"label": "optdse.run"})
+            if s.attrs["Spec"]["Labels"]["optdse.run"].startswith(f"{pid}-")] == []
 
 
 def test_cost_objectives_are_what_the_deployment_reserves_and_each_request_burns(project: Path) -> None:
