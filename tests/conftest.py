@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -14,14 +14,15 @@ from tests.run_shared import run_lock
 if TYPE_CHECKING:  # tests.serving_process imports TensorFlow: only the tests that start servers pay for it
     from tests.serving_process import ServerProcess
 
-#: Which real-system tests must run one after another, when pytest-xdist runs the suite on
-#: two workers (`-n 2 --dist loadgroup`, .ci/run). A group runs whole on one worker; the
-#: other worker meanwhile takes the rest, which only waits or computes.
+#: Which real-system tests must run one after another when pytest-xdist runs the suite on two
+#: workers (`-n 2` in pyproject.toml). A group is one unit of work, run whole by one worker;
+#: the other worker meanwhile takes the rest, which only waits or computes.
 #: - measuring: everything that takes this host's measuring lock (studies, grids, workers: a
 #:   second one at a time is refused) or whose assertions compare measured times, which
 #:   another measurement on the same two cores would falsify.
 #: - docker: the host engine's Swarm and containers, which these tests make and remove.
 #: - bed: the three-engine Swarm of tests/multinode.py, made once per module.
+#: A member is a test module, or a module and the start of its tests' names.
 XDIST_GROUPS = {
     "measuring": ("test_study", "test_grid", "test_workers", "test_chaos", "test_open_loop", "test_report",
                   "test_network", "test_measure", "test_cgroups", "test_batching",
@@ -33,25 +34,30 @@ XDIST_GROUPS = {
 }
 
 
-def xdist_group(item: pytest.Item) -> str | None:
-    """The group of XDIST_GROUPS a test belongs to: by its module, or by its module and the
-    start of its name."""
-    module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+def xdist_group(nodeid: str) -> str | None:
+    """The group of XDIST_GROUPS the test `nodeid` (path::[Class::]name) belongs to, if any."""
+    path, *_, name = nodeid.split("::")
+    module = Path(path).stem
     for group, members in XDIST_GROUPS.items():
         for member in members:
-            name, _, prefix = member.partition("::")
-            if name == module and item.name.startswith(prefix):
+            member_module, _, prefix = member.partition("::")
+            if member_module == module and name.startswith(prefix):
                 return group
     return None
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each real-system test with its group of XDIST_GROUPS (the fast layer runs anywhere)."""
-    for item in items:
-        group = xdist_group(item)
-        if group and item.get_closest_marker("slow"):
-            item.add_marker(pytest.mark.xdist_group(group))
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """pytest-xdist's scheduling by scope, each group of XDIST_GROUPS one scope and every other
+    test a scope of its own. (Its own `--dist loadgroup` reads xdist_group marks through
+    `item._nodeid`, which pytest 9 no longer has: the groups were split over the workers.)
+    Larger scopes are handed out first, so the measuring group starts at once."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid) or nodeid
+
+    return GroupScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
