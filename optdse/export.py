@@ -14,8 +14,10 @@ from optdse.spec import ALL_PARAMETERS, NETWORK_PARAMETERS, PARAMETERS
 FIGURES = ("art_ms", "acu_cores", "p95_ms", "p99_ms", "p999_ms", "throughput_rps", "energy_j")
 #: How it was measured: which loop drove the load, and whether its windows agreed (optdse/stability.py).
 MEASURING = ("loop", "stable")
-#: What each request was: which model (the record's), what its file size counts, its rows and bytes (the measurement's).
-REQUEST = ("model", "file_size_unit", "rows_per_request", "request_bytes")
+#: What each request was: what its file size counts, its rows and bytes (the measurement's) ...
+MEASURED_REQUEST = ("file_size_unit", "rows_per_request", "request_bytes")
+#: ... after which model (the trial record's).
+REQUEST = ("model", *MEASURED_REQUEST)
 
 
 def parameter_columns(rows: list[dict[str, object]]) -> list[str]:
@@ -39,7 +41,7 @@ def pareto_frame(study: optuna.Study) -> pd.DataFrame:
         row["energy_is_estimate"] = getattr(measured, "energy_is_estimate", None)
         row["host"] = record.host  # which worker's host measured it
         row["model"] = record.model
-        for name in (*REQUEST[1:], *MEASURING):
+        for name in (*MEASURED_REQUEST, *MEASURING):
             row[name] = getattr(measured, name, None)
         if any(name in row for name in NETWORK_PARAMETERS):  # a network study: how, and what it cost
             row["error_rate"] = getattr(measured, "error_rate", None)
@@ -57,4 +59,4 @@ def write_pareto_csv(study: optuna.Study, path: Path) -> pd.DataFrame:
     return frame
 
 
-__all__ = ["FIGURES", "MEASURING", "REQUEST", "parameter_columns", "pareto_frame", "write_pareto_csv"]
+__all__ = ["FIGURES", "MEASURED_REQUEST", "MEASURING", "REQUEST", "parameter_columns", "pareto_frame", "write_pareto_csv"]

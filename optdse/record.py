@@ -91,7 +91,7 @@ class TrialRecord:
             host_shared_with=tuple(attrs.get("host_shared_with", ())),
             model=attrs.get("model"), model_path=attrs.get("model_path", "built-in"), signature=attrs.get("signature"),
             request_file=attrs.get("request_file", ""), size_axis=attrs.get("size_axis"),
-            requests=attrs.get("requests"), duration_s=attrs.get("duration_s"), retry_of=attrs.get("retry_of"),
+            requests=attrs.get("requests"), duration_s=attrs.get("duration_s"), retry_of=retry_of(trial),
             fail_reason=attrs.get("fail_reason"), fail_message=attrs.get("fail_message"),
             constraints=tuple(constraints_of(trial)), constraint_names=tuple(attrs.get("constraint_names", ())),
             measurement=_measurement(attrs))
@@ -153,5 +153,11 @@ def retry_attrs(failed: int) -> dict[str, int]:
     return {"retry_of": failed}
 
 
-__all__ = ["NOT_THE_CONFIGURATION", "TrialRecord", "constraints_of", "records", "retry_attrs", "write_abandoned",
+def retry_of(trial: FrozenTrial) -> int | None:
+    """The failed trial that `trial` measures again, if any: TrialRecord.of(trial).retry_of
+    without reading the rest (the progress bar asks it of every trial at every poll)."""
+    return trial.user_attrs.get("retry_of")
+
+
+__all__ = ["NOT_THE_CONFIGURATION", "TrialRecord", "constraints_of", "records", "retry_attrs", "retry_of", "write_abandoned",
            "write_configuration", "write_failed", "write_measured", "write_owner"]

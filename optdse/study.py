@@ -45,6 +45,7 @@ from optdse.record import (
     constraints_of,
     records,
     retry_attrs,
+    retry_of,
     write_abandoned,
     write_failed,
     write_measured,
@@ -155,7 +156,7 @@ def trial_counts(optuna_study: optuna.Study) -> tuple[int, int]:
     """(finished, running): trials that count towards the study's target, and trials being
     measured now (by any worker). A failed trial that a retry replaces does not count."""
     trials = optuna_study.get_trials(deepcopy=False)
-    replaced = {TrialRecord.of(t).retry_of for t in trials}
+    replaced = {retry_of(t) for t in trials}
     finished = sum(1 for t in trials if t.state in FINISHED and t.number not in replaced)
     return finished, sum(1 for t in trials if t.state == TrialState.RUNNING)
 
