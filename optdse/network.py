@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import select
 import subprocess
 import sys
@@ -196,16 +197,21 @@ def open_link(network: NetworkConfig, targets: tuple[str, ...], run: Run,
         raise
 
 
+#: The name of a namespace an optdse run made: `optdse-<pid>-<start ms>-<tag>` (the run id inside).
+RUN_NAMESPACE = re.compile(rf"{PREFIX}(?P<run_id>\d+-\d+)-[a-z0-9]+")
+
+
 def clean_stale_namespaces(live_runs: set[str]) -> list[str]:
-    """Delete the namespaces of optdse runs that are gone (`optdse-<pid>-<start ms>-<tag>`)."""
+    """Delete the namespaces of optdse runs that are gone. Only names of RUN_NAMESPACE's form
+    are optdse's: another `optdse-...` namespace (a test bed's, a user's) is left alone."""
     removed = []
     for path in sorted(NETNS_DIR.glob(f"{PREFIX}*")) if NETNS_DIR.is_dir() else []:
-        run_id = path.name[len(PREFIX):].rsplit("-", 1)[0]
-        if run_id in live_runs or run_owner_alive(run_id):
+        made = RUN_NAMESPACE.fullmatch(path.name)
+        if made is None or made["run_id"] in live_runs or run_owner_alive(made["run_id"]):
             continue
         if _delete_namespace(path.name):
             removed.append(path.name)
     return removed
 
 
-__all__ = ["Link", "clean_stale_namespaces", "netem_support", "open_link"]
+__all__ = ["RUN_NAMESPACE", "Link", "clean_stale_namespaces", "netem_support", "open_link"]

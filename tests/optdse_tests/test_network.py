@@ -109,7 +109,15 @@ def test_clean_removes_the_namespaces_and_relays_of_a_killed_run(project: Path) 
         owner.wait()
     relays, namespaces = [int(pid) for pid in rest[:2]], rest[2:]
     assert len(namespaces) == 2 and all((NETNS_DIR / name).exists() for name in namespaces)
-    done = optdse(project, "clean")
+    # A namespace named optdse-... that no optdse run made (the test bed's are optdse-bed-nN):
+    # clean deleted those of a bed running beside it until it read the run id from the name.
+    foreign = f"optdse-bed-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", foreign], check=True, capture_output=True)
+    try:
+        done = optdse(project, "clean")
+        assert (NETNS_DIR / foreign).exists(), done.stdout
+    finally:
+        subprocess.run(["ip", "netns", "delete", foreign], check=False, capture_output=True)
     assert done.returncode == 0, done.stderr
     assert not any((NETNS_DIR / name).exists() for name in namespaces), done.stdout
     assert not [pid for pid in relays if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
