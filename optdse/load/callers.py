@@ -13,6 +13,7 @@ timing loop in optdse/load/worker.py is the same for both.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -20,6 +21,9 @@ from optdse.load.http1 import KeptAliveConnection, ProtocolError
 
 if TYPE_CHECKING:
     from optdse.load.plan import LoadPlan
+
+#: How long a gRPC load worker waits for its channels to connect before the load starts.
+CONNECT_S = 5.0
 
 
 class CallFailed(Exception):
@@ -68,11 +72,17 @@ class GrpcClient:
         self._channels = [grpc.insecure_channel(t, options=[("grpc.max_receive_message_length", 256 << 20)])
                           for t in plan.targets]
         self._calls = [ch.unary_unary(PREDICT_METHOD) for ch in self._channels]  # bytes in, bytes out
-        for channel in self._channels:
+        # Connect before the clock starts, to all targets at once. The replicas answered their
+        # readiness check just before; a target not connected within CONNECT_S is gone (its
+        # requests record UNAVAILABLE) or behind a lossy link (its first requests connect).
+        # Waiting 30 s per target, one after another, held every load with a dead replica 30 s.
+        ready = [grpc.channel_ready_future(channel) for channel in self._channels]
+        deadline = time.monotonic() + CONNECT_S
+        for future in ready:
             try:
-                grpc.channel_ready_future(channel).result(timeout=30)
+                future.result(timeout=max(0.0, deadline - time.monotonic()))
             except grpc.FutureTimeoutError:
-                pass  # requests will record UNAVAILABLE
+                future.cancel()
 
     def caller(self) -> GrpcClient:
         return self
