@@ -6,7 +6,7 @@ The nodes are joined through a switch: a bridge in one more namespace, with a ve
 node. Their addresses (169.254.77.0/24, link-local) exist only inside those namespaces: no
 traffic reaches the host's own interfaces or anything beyond them. Node 1 initialises the
 Swarm and the others join it. Whatever talks to the nodes' addresses (optdse itself, when it
-loads the replicas) runs in a node's network namespace, `BedNode.enter()`.
+loads the replicas) runs in a node's network and UTS namespaces, `BedNode.enter()`.
 
 How it is made, and why:
 - `nsenter --net=/var/run/netns/NS` rather than `ip netns exec NS`: the latter mounts a fresh
@@ -74,8 +74,12 @@ class BedNode:
         return f"unix://{self.root / 'docker.sock'}"
 
     def enter(self) -> list[str]:
-        """The command prefix that runs a program in this node's network namespace."""
-        return ["nsenter", f"--net=/var/run/netns/{self.name}"]
+        """The command prefix that runs a program as on this node: in its network namespace and
+        its UTS namespace (its dockerd's), so the program's host name is the node's. optdse keys
+        the host's measuring lock and a trial's host by it: a study run "on the manager" must
+        not take this machine's lock (a test beside the bed holds it) nor record its name."""
+        assert self.process is not None, "the node's dockerd is not running"
+        return ["nsenter", f"--net=/var/run/netns/{self.name}", f"--uts=/proc/{self.process.pid}/ns/uts"]
 
     def client(self) -> Any:
         import docker
@@ -152,7 +156,8 @@ class Bed:
                    f"--pidfile={node.root / 'docker.pid'}", f"--host={node.socket_url}",
                    "--bridge=none", "--iptables=false", "--ip6tables=false"]
         # nsenter and unshare exec (no fork), and so does the shell: the pid held is dockerd's.
-        command = [*node.enter(), "unshare", "--uts", "sh", "-c", f'hostname {node.name} && exec "$@"', "sh", *dockerd]
+        command = ["nsenter", f"--net=/var/run/netns/{node.name}", "unshare", "--uts", "sh", "-c",
+                   f'hostname {node.name} && exec "$@"', "sh", *dockerd]
         with (node.root / "dockerd.log").open("wb") as log:
             node.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
