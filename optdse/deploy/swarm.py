@@ -364,14 +364,29 @@ class SwarmBackend(Backend):
         if self.service is not None:
             service, self.service, self.current, self._tasks, self._task_nodes = self.service, None, None, [], []
             service.remove()
-            # Its containers go away asynchronously, each on its own node: wait on every engine
-            # this run can reach (ignore_removed: tasks vanish while listed).
+            # Its containers go away asynchronously, each on its own node: wait on the engine of
+            # every node it could run on (ignore_removed: tasks vanish while listed). Not only
+            # the engines already opened: a service whose task died before its stats were read
+            # left that container behind on its worker for a moment after the run ended.
             deadline = time.monotonic() + 60
             label = f"{LABEL_RUN}={self.run.run_id}"
-            for engine in [self.client, *self._engines.values()]:
+            for engine in self._reachable_engines():
                 while (engine.containers.list(all=True, filters={"label": label}, ignore_removed=True)
                        and time.monotonic() < deadline):
                     time.sleep(0.3)
+
+    def _reachable_engines(self) -> list[Any]:
+        """This host's engine and that of each serving node given with --swarm-engine; an
+        engine that cannot be reached is skipped (`optdse clean --swarm-engine` reaches it later)."""
+        engines = [self.client]
+        for node in self.nodes:
+            try:
+                engine = self._engine(node)
+            except DeployError:
+                continue
+            if engine is not None and engine not in engines:
+                engines.append(engine)
+        return engines
 
     def close(self) -> None:
         """Remove the service; leave the swarm too if this run initialised it (--swarm-init)."""
