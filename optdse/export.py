@@ -48,7 +48,11 @@ def pareto_frame(study: optuna.Study) -> pd.DataFrame:
             row["network_method"] = getattr(measured, "network_method", None)
         rows.append(row)
     network = ["error_rate", "network_method"] if any("network_method" in row for row in rows) else []
-    columns = ["trial", *parameter_columns(rows), *figures, "energy_is_estimate", "host", *REQUEST, *MEASURING, *network]
+    # An empty front (every trial failed or infeasible) still has the study's own parameters
+    # as columns: an open-loop study's rate_rps, not the default threads.
+    every_trial = [TrialRecord.of(t).parameters for t in study.get_trials(deepcopy=False)]
+    parameters = parameter_columns(rows or every_trial)
+    columns = ["trial", *parameters, *figures, "energy_is_estimate", "host", *REQUEST, *MEASURING, *network]
     return pd.DataFrame(rows, columns=columns).sort_values("art_ms", ignore_index=True)
 
 
