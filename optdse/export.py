@@ -50,8 +50,8 @@ def pareto_frame(study: optuna.Study) -> pd.DataFrame:
     network = ["error_rate", "network_method"] if any("network_method" in row for row in rows) else []
     # An empty front (every trial failed or infeasible) still has the study's own parameters
     # as columns: an open-loop study's rate_rps, not the default threads.
-    every_trial = [TrialRecord.of(t).parameters for t in study.get_trials(deepcopy=False)]
-    parameters = parameter_columns(rows or every_trial)
+    parameters = parameter_columns(rows) if rows else parameter_columns(
+        [TrialRecord.of(t).parameters for t in study.get_trials(deepcopy=False)])
     columns = ["trial", *parameters, *figures, "energy_is_estimate", "host", *REQUEST, *MEASURING, *network]
     return pd.DataFrame(rows, columns=columns).sort_values("art_ms", ignore_index=True)
 
