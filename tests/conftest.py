@@ -14,21 +14,26 @@ from tests.run_shared import run_lock
 if TYPE_CHECKING:  # tests.serving_process imports TensorFlow: only the tests that start servers pay for it
     from tests.serving_process import ServerProcess
 
-#: Which real-system tests must run one after another when pytest-xdist runs the suite on two
-#: workers (`-n 2` in pyproject.toml). A group is one unit of work, run whole by one worker;
-#: the other worker meanwhile takes the rest, which only waits or computes.
-#: - measuring: everything that takes this host's measuring lock (studies, grids, workers: a
-#:   second one at a time is refused) or whose assertions compare measured times, which
-#:   another measurement on the same two cores would falsify.
+#: Which real-system tests must run one after another when pytest-xdist runs the suite on
+#: several workers (`-n` in pyproject.toml). A group is one unit of work, run whole by one
+#: worker; the other workers meanwhile take the rest.
+#: - studies: everything that takes this host's measuring lock (`optdse study`, `grid`,
+#:   `worker`): a second one at a time is refused.
+#: - timing: tests whose assertions compare measured times (file size, the seed's findings,
+#:   delay, the open loop's tail, CPU quotas, batching). Two of them at once would measure
+#:   each other; beside the other groups they compare rounds measured alternately under the
+#:   same load, and the least disturbed round of each.
 #: - docker: the host engine's Swarm and containers, which these tests make and remove.
 #: - bed: the three-engine Swarm of tests/multinode.py, made once per module.
-#: A member is a test module, or a module and the start of its tests' names.
+#: A member is a test module, or a module and the start of its tests' names; a test belongs
+#: to the first group with a member that matches it.
 XDIST_GROUPS = {
-    "measuring": ("test_study", "test_grid", "test_workers", "test_chaos", "test_open_loop", "test_report",
-                  "test_network", "test_measure", "test_cgroups", "test_batching",
-                  "test_signals::test_study_", "test_signals::test_grid_", "test_signals::test_worker_",
-                  "test_user_model::test_optdse_study_", "test_models::test_response_time_",
-                  "test_models::test_the_nmt_study_"),
+    "studies": ("test_study", "test_grid", "test_workers", "test_chaos", "test_report",
+                "test_open_loop::test_an_open_loop_study_", "test_open_loop::test_a_study_",
+                "test_signals::test_study_", "test_signals::test_grid_", "test_signals::test_worker_",
+                "test_user_model::test_optdse_study_", "test_models::test_the_nmt_study_"),
+    "timing": ("test_open_loop", "test_network", "test_measure", "test_cgroups", "test_batching",
+               "test_models::test_response_time_"),
     "docker": ("test_backends", "test_swarm_nodes", "test_compose"),
     "bed": ("test_multinode",),
 }
@@ -50,7 +55,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """pytest-xdist's scheduling by scope, each group of XDIST_GROUPS one scope and every other
     test a scope of its own. (Its own `--dist loadgroup` reads xdist_group marks through
     `item._nodeid`, which pytest 9 no longer has: the groups were split over the workers.)
-    Larger scopes are handed out first, so the measuring group starts at once."""
+    Scopes with more tests are handed out first, so the groups start at once, one per worker."""
     from xdist.scheduler import LoadScopeScheduling
 
     class GroupScheduling(LoadScopeScheduling):
