@@ -62,14 +62,14 @@ class ServerProcess:
                 raise RuntimeError(f"optdse-serve exited with {self.process.returncode}: {self.log()}")
             try:
                 state = stub.GetModelStatus(request, timeout=1.0).model_version_status[0].state
-            except grpc.RpcError:
-                time.sleep(0.005)
+            except grpc.RpcError:  # not listening yet: importing TensorFlow, a second or two
+                time.sleep(0.02)
                 continue
             if not seen or seen[-1] != state:
                 seen.append(state)
             if state == pb.status_available:
                 return seen
-            time.sleep(0.002)
+            time.sleep(0.01)  # often enough to see LOADING; each poll costs the loading server CPU too
         raise TimeoutError(f"optdse-serve not AVAILABLE after {timeout}s: {self.log()}")
 
     def log(self) -> str:

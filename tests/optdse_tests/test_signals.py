@@ -99,7 +99,7 @@ class Command:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.kill()
                 pytest.fail(f"never reached '{moment}' (exit {self.process.returncode}): {self.output[-3000:]}")
-            time.sleep(0.02)
+            time.sleep(0.1)  # each look scans every process of the machine; the moments last a second or more
         self.look()
 
     def signal_and_wait(self, signum: int) -> str:

@@ -135,7 +135,8 @@ def _start_study(project: Path, name: str, *extra: str) -> subprocess.Popen[str]
     for line in process.stdout:
         if line.startswith("trial ") or time.monotonic() > deadline:
             break
-    while not [t for t in load(project, name).get_trials(states=(TrialState.RUNNING,))
+    stored = load(project, name)  # once: a load_study per poll would cost ~50 ms of CPU each time
+    while not [t for t in stored.get_trials(states=(TrialState.RUNNING,))
                if "config" in t.user_attrs]:  # the next trial is being measured
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.1)
