@@ -31,7 +31,7 @@ import pandas as pd  # noqa: E402
 
 from optdse.export import parameter_columns  # noqa: E402
 from optdse.record import NOT_THE_CONFIGURATION, records  # noqa: E402
-from optdse.spec import load_study  # noqa: E402
+from optdse.study_file import load_study  # noqa: E402
 
 #: Figures kept per grid point (fields of its Measurement).
 COLUMNS = ("art_ms", "acu_cores", "p95_ms", "p99_ms", "cost_cores", "throughput_rps", "error_rate", "window_s",

@@ -60,7 +60,8 @@ from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler, TPESample
 from optuna.trial import TrialState  # noqa: E402
 
 from optdse.space import suggest  # noqa: E402
-from optdse.spec import PARAMETERS, Range, Study, load_study  # noqa: E402
+from optdse.spec import PARAMETERS, Range, Study  # noqa: E402
+from optdse.study_file import load_study  # noqa: E402
 from optdse.study import constraints, make_sampler, start_points  # noqa: E402
 
 THRESHOLDS = (0.90, 0.95, 0.99)

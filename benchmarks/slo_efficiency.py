@@ -43,7 +43,8 @@ from optuna.trial import TrialState  # noqa: E402
 
 from benchmarks.sample_efficiency import samplers as sample_efficiency_samplers  # noqa: E402
 from optdse.space import active, distributions, fixed_values, suggest  # noqa: E402
-from optdse.spec import Study, load_study  # noqa: E402
+from optdse.spec import Study  # noqa: E402
+from optdse.study_file import load_study  # noqa: E402
 
 WITHIN = 1.05
 CHECKPOINTS = (10, 20, 40)

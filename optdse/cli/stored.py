@@ -14,7 +14,8 @@ def stored_study(command: str, args: argparse.Namespace) -> tuple[Any, str] | in
     code of a one-line error."""
     import optuna
 
-    from optdse.spec import SpecError, find_study_file
+    from optdse.spec import SpecError
+    from optdse.study_file import find_study_file
     from optdse.storage import OPEN_ERRORS, default_storage
 
     try:

@@ -61,7 +61,8 @@ def _run_trials(command: str, args: argparse.Namespace, prepare: Callable[[Any, 
     this host's measuring lock, deploy, run the trials with a progress bar, stop everything on
     Ctrl-C, print the front."""
     from optdse.deploy.runs import measuring_lock, other_live_runs
-    from optdse.spec import SpecError, load_study
+    from optdse.spec import SpecError
+    from optdse.study_file import load_study
     from optdse.storage import OPEN_ERRORS, default_storage, open_storage
 
     quiet_optuna()

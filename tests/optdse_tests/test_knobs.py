@@ -17,7 +17,7 @@ from optdse.deploy.docker import DockerBackend
 from optdse.knobs import CONTAINER_BATCHING_FILE, KnobError, ServerKnobs
 from optdse.models import builtin
 from optdse.space import suggest
-from optdse.spec import load_study
+from optdse.study_file import load_study
 from optdse.study import start_points
 from serving.batching import parse_batching_parameters
 from tests.optdse_tests.conftest import SPACE, optdse, write_study

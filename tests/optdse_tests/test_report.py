@@ -13,7 +13,7 @@ import pytest
 
 from optdse.report.data import compute
 from optdse.report.page import figures
-from optdse.spec import load_study
+from optdse.study_file import load_study
 from optdse.study import open_study
 from tests.optdse_tests.conftest import SPACE as TEST_SPACE
 from tests.optdse_tests.conftest import make_project, optdse, write_study

@@ -14,7 +14,7 @@ from optdse.deploy.base import DeployError, Endpoint, free_port
 from optdse.load import LoadPlan, run_load
 from optdse.payloads import build_payload
 from optdse.space import to_config
-from optdse.spec import load_study
+from optdse.study_file import load_study
 from tests.optdse_tests.conftest import optdse, write_study
 from tests.serving_process import ServerProcess
 

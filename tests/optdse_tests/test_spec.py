@@ -9,7 +9,8 @@ import pytest
 from optdse.models import BUILTINS
 from optdse.payloads import BUILDERS
 from optdse.space import distributions, fixed_values, scenarios, to_config
-from optdse.spec import SpecError, load_study
+from optdse.spec import SpecError
+from optdse.study_file import load_study
 from serving.models import EXPORTERS
 from tests.optdse_tests.conftest import SPACE, optdse, write_study
 
