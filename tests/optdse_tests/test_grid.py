@@ -38,8 +38,12 @@ def test_levels_spread_over_the_range(name: str, dist: Range, levels: int, expec
     assert levels_of(name, dist, levels) == expected
 
 
+def grid_study(project: Path) -> optuna.Study:
+    return optuna.load_study(study_name="g-grid", storage=f"sqlite:///{project}/results/optdse.db")
+
+
 def grid_trials(project: Path) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name="g-grid", storage=f"sqlite:///{project}/results/optdse.db").trials
+    return grid_study(project).trials
 
 
 @pytest.mark.slow
@@ -88,7 +92,7 @@ def _grid_study_or_none(project: Path) -> optuna.Study | None:
     if not (project / "results" / "optdse.db").exists():
         return None
     try:
-        return optuna.load_study(study_name="g-grid", storage=f"sqlite:///{project}/results/optdse.db")
+        return grid_study(project)
     except Exception:  # noqa: BLE001  # KeyError, or the schema being created right now
         return None
 
