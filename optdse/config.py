@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from optdse.knobs import ServerKnobs
+from optdse.knobs import ServerKnobs, TritonKnobs
 from optdse.stability import StabilityRule
 
 if TYPE_CHECKING:
@@ -18,6 +18,12 @@ if TYPE_CHECKING:
 #: How the load generator talks to the replicas: TF Serving's gRPC Predict or its REST predict.
 ProtocolName = Literal["grpc", "rest"]
 PROTOCOLS: tuple[ProtocolName, ...] = ("grpc", "rest")
+#: Which server the replicas run: optdse's own, TF Serving's image (docker, swarm) or NVIDIA Triton.
+ServerName = Literal["optdse-serve", "tensorflow-serving", "triton"]
+SERVER_NAMES: tuple[ServerName, ...] = ("optdse-serve", "tensorflow-serving", "triton")
+#: The API a server speaks: TF Serving's (Predict over gRPC, /v1/models/NAME:predict over REST)
+#: or the Open Inference Protocol (KServe v2: ModelInfer, /v2/models/NAME/infer).
+ApiName = Literal["tfserving", "v2"]
 #: How optdse/network.py impairs the link: netem where the kernel has it, else its relay.
 NetworkMethod = Literal["auto", "netem", "proxy"]
 #: Seconds between a running trial's heartbeats in an RDB storage (Optuna's heartbeat); a trial
@@ -51,15 +57,24 @@ class NetworkConfig:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """What is deployed: `replicas` optdse-serve replicas of `model` (served under
+    """What is deployed: `replicas` replicas of `server` serving `model` (under
     `model.name`), each limited to `cpus` cores (a CFS quota, not pinning) and `memory_mb` MiB,
-    started with the server's own `knobs` (batching, thread pools; optdse/knobs.py)."""
+    started with the server's own `knobs` (batching, thread pools, instances; optdse/knobs.py)."""
 
     model: Model
     replicas: int
     cpus: float
     memory_mb: int
-    knobs: ServerKnobs = ServerKnobs()
+    knobs: ServerKnobs | TritonKnobs = ServerKnobs()
+    server: ServerName = "optdse-serve"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.knobs, TritonKnobs) != (self.server == "triton"):
+            raise ValueError(f"{type(self.knobs).__name__} are not {self.server}'s knobs")
+
+    @property
+    def api(self) -> ApiName:
+        return "v2" if self.server == "triton" else "tfserving"
 
 
 @dataclass(frozen=True)
@@ -109,7 +124,8 @@ class Config:
         """"2 x mnist (0.5 CPU, 1000 MB, batching (max 16 rows))": what is deployed."""
         s = self.server
         knobs = s.knobs.describe()
-        return f"{s.replicas} x {s.model.name} ({s.cpus:g} CPU, {s.memory_mb} MB{', ' + knobs if knobs else ''})"
+        on = " on triton" if s.server == "triton" else ""
+        return f"{s.replicas} x {s.model.name}{on} ({s.cpus:g} CPU, {s.memory_mb} MB{', ' + knobs if knobs else ''})"
 
     def describe(self) -> str:
         c = self.client

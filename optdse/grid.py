@@ -21,7 +21,7 @@ from optuna.samplers import GridSampler
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from optdse.knobs import KNOBS
+from optdse.knobs import KNOBS, TRITON_KNOBS
 from optdse.levels import grid_space
 from optdse.optuna_internals import sort_grid
 from optdse.record import NOT_THE_CONFIGURATION, TrialRecord, retry_attrs
@@ -33,7 +33,7 @@ from optdse.study import open_study
 #: rises within each replica count); CPU quotas, the network's impairment (a new relay or
 #: qdisc per trial anyway) and client parameters change for free. A server knob is a new
 #: command line, so every replica restarts: knobs are outermost.
-DEPLOYMENT_ORDER = ("model", *KNOBS, "replicas", "memory_mb", "cpus", "delay_ms", "jitter_ms", "loss_pct", "file_size",
+DEPLOYMENT_ORDER = ("model", *dict.fromkeys([*KNOBS, *TRITON_KNOBS]), "replicas", "memory_mb", "cpus", "delay_ms", "jitter_ms", "loss_pct", "file_size",
                     "threads", "rate_rps")
 
 

@@ -124,4 +124,87 @@ class ServerKnobs:
         return ", ".join(parts)
 
 
-__all__ = ["BATCHING_KNOBS", "CONTAINER_BATCHING_FILE", "KNOBS", "SHORT", "KnobError", "ServerKnobs"]
+#: Triton's knobs, under the names of its model configuration (config.pbtxt); optdse/triton/repository.py writes them.
+TRITON_KNOBS: dict[str, tuple[str, int]] = {
+    "instance_count": ("model instances, each a backend process with its own TF session (instance_group count)", 1),
+    "max_batch_size": ("most rows in one request or dynamic batch (0: the model takes whole requests, no batching)", 0),
+    "dynamic_batching": ("let Triton's scheduler merge queued requests into one model call (0 or 1)", 0),
+    "max_queue_delay_microseconds": ("longest a request waits in the queue for others to join its batch, us", 0),
+    "preferred_batch_size": ("batch size the scheduler sends as soon as it has it", 1),
+}
+#: The servers optdse can deploy, each with its knobs.
+SERVERS: dict[str, dict[str, tuple[str, int]]] = {"optdse-serve": KNOBS, "tensorflow-serving": KNOBS,
+                                                  "triton": TRITON_KNOBS}
+#: Knobs that turn something on or off (0 or 1), of any server.
+SWITCH_KNOBS = ("enable_batching", "dynamic_batching")
+SHORT |= {"instance_count": "instances", "dynamic_batching": "dyn_batch", "max_queue_delay_microseconds": "delay_us",
+          "preferred_batch_size": "preferred"}
+
+
+def switches(server: str) -> dict[str, str]:
+    """The knobs of `server` that mean something only when another is on: {knob: its switch}."""
+    if server == "triton":
+        return {"max_queue_delay_microseconds": "dynamic_batching", "preferred_batch_size": "dynamic_batching"}
+    return dict.fromkeys(BATCHING_KNOBS, "enable_batching")
+
+
+@dataclass(frozen=True)
+class TritonKnobs:
+    """One setting of Triton's model configuration knobs; None: optdse's default for Triton
+    (one instance, max_batch_size 0: requests go to the model whole, as they come)."""
+
+    instance_count: int | None = None
+    max_batch_size: int | None = None
+    dynamic_batching: bool = False
+    max_queue_delay_microseconds: int | None = None
+    preferred_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, (_, minimum) in TRITON_KNOBS.items():
+            value = getattr(self, name)
+            if value is not None and int(value) < minimum:
+                raise KnobError(name, f"must be >= {minimum} (got {value})")
+        given = [name for name in switches("triton") if getattr(self, name) is not None]
+        if given and not self.dynamic_batching:
+            raise KnobError(given[0], "a dynamic batching parameter, it needs dynamic_batching")
+        if self.dynamic_batching and not self.max_batch_size:
+            raise KnobError("dynamic_batching", "needs max_batch_size >= 1 (the rows a merged call may hold)")
+        if self.preferred_batch_size is not None and self.preferred_batch_size > (self.max_batch_size or 0):
+            raise KnobError("preferred_batch_size", f"must be <= max_batch_size (got {self.preferred_batch_size} > "
+                                                    f"{self.max_batch_size})")
+
+    @classmethod
+    def of(cls, values: dict[str, float]) -> TritonKnobs:
+        """The knobs among a configuration's values (other names are ignored)."""
+        known = {name: values[name] for name in TRITON_KNOBS if values.get(name) is not None}
+        return cls(**{name: bool(value) if name == "dynamic_batching" else int(value) for name, value in known.items()})
+
+    @property
+    def instances(self) -> int:
+        return self.instance_count or 1
+
+    def set(self) -> dict[str, int | bool]:
+        """The knobs given, by name (what a trial records)."""
+        return {name: value for name, value in asdict(self).items()
+                if value is not None and not (name == "dynamic_batching" and not value)}
+
+    def describe(self) -> str:
+        """"2 instances, max batch 16, dynamic batching (delay 100 us, preferred 8)"."""
+        parts = [f"{self.instances} instance{'s' if self.instances > 1 else ''}"]
+        if self.max_batch_size:
+            parts.append(f"max batch {self.max_batch_size}")
+        if self.dynamic_batching:
+            details = [f"{label} {getattr(self, name)}{unit}" for name, label, unit in (
+                ("max_queue_delay_microseconds", "delay", " us"), ("preferred_batch_size", "preferred", ""))
+                if getattr(self, name) is not None]
+            parts.append("dynamic batching" + (f" ({', '.join(details)})" if details else ""))
+        return ", ".join(parts)
+
+
+def knobs_of(server: str, values: dict[str, float]) -> ServerKnobs | TritonKnobs:
+    """`server`'s knobs among a configuration's values."""
+    return TritonKnobs.of(values) if server == "triton" else ServerKnobs.of(values)
+
+
+__all__ = ["BATCHING_KNOBS", "CONTAINER_BATCHING_FILE", "KNOBS", "SERVERS", "SHORT", "SWITCH_KNOBS", "TRITON_KNOBS",
+           "KnobError", "ServerKnobs", "TritonKnobs", "knobs_of", "switches"]

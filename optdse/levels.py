@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from optdse.knobs import SWITCH_KNOBS
 from optdse.spec import INTEGER_PARAMETERS, Choice, Range, Study
 
 
@@ -30,7 +31,7 @@ def grid_space(study: Study, levels: int) -> dict[str, list[float]]:
         if isinstance(dist, Range):
             space[name] = levels_of(name, dist, levels)
         elif isinstance(dist, Choice):
-            space[name] = [bool(c) if name == "enable_batching" else c for c in dist.choices]
+            space[name] = [bool(c) if name in SWITCH_KNOBS else c for c in dist.choices]
     return space
 
 

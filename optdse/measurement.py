@@ -164,6 +164,9 @@ class Measurement:
     server_command: str = ""      # the first replica's server command line, exactly as run
     server_knobs: dict[str, int | bool] = field(default_factory=dict)  # the knobs given (optdse/knobs.py)
     batching_parameters: str = ""  # the batching parameters file the server read ("": none)
+    server: str = "optdse-serve"  # which server the replicas ran (optdse/config.py SERVER_NAMES)
+    server_config: str = ""       # triton: the model configuration (config.pbtxt) the replicas loaded
+    server_stats: dict[str, float] = field(default_factory=dict)  # triton: its own statistics over the load
     scenarios: list[dict[str, object]] = field(default_factory=list)  # under a workload's scenarios: each one's figures
     aggregate: str = ""           # how the scenarios' figures became these: worst or mean ("": one scenario)
 

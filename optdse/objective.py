@@ -11,8 +11,9 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from optdse.config import Config
-from optdse.deploy.base import Backend, DeployError
+from optdse.config import Config, ServerConfig
+from optdse.deploy.base import Backend, DeployError, Endpoint
+from optdse.knobs import ServerKnobs
 from optdse.load import LoadError, LoadPlan, run_load
 from optdse.measurement import Measurement, cut_window, summarize
 from optdse.monitor import Monitor
@@ -49,7 +50,8 @@ def measure(backend: Backend, config: Config, client_processes: int = 0,
     endpoints = backend.apply(config.server)
     deployed = time.perf_counter()
     client = config.client
-    payload = build_payload(config.server.model, client.file_size, client.protocol)
+    payload = build_payload(config.server.model, client.file_size, client.protocol, config.server.api)
+    statistics = TritonStatistics(config.server, endpoints, backend.server_command) if config.server.server == "triton" else None
     with open_link(client.network, tuple(e.target_for(client.protocol) for e in endpoints), backend.run,
                    warn) as link:
         rule = client.stop_rule()
@@ -57,7 +59,7 @@ def measure(backend: Backend, config: Config, client_processes: int = 0,
                         requests=client.requests, deadline_s=client.deadline_s, processes=client_processes,
                         duration_s=rule.max_s if rule else client.duration_s, protocol=client.protocol, path=payload.path,
                         retries=client.retries, netns=link.client_netns, rate_rps=client.rate_rps,
-                        arrival=client.arrival, in_flight=client.in_flight)
+                        arrival=client.arrival, in_flight=client.in_flight, api=payload.api)
         chaos = (threading.Timer(client.chaos_kill_after_s, _kill_one, (backend,))
                  if client.chaos_kill_after_s else None)
         monitor = Monitor(backend)
@@ -82,14 +84,32 @@ def measure(backend: Backend, config: Config, client_processes: int = 0,
     window = cut_window(load, client.warmup_fraction)
     summary = summarize(load, samples, window, backend.memory_peaks(), backend.accounting, backend.limits_enforced)
     server = config.server
-    return replace(summary, cost_cores=server.replicas * server.cpus, cost_memory_mb=server.replicas * server.memory_mb,
+    if statistics is not None:
+        summary = replace(summary, server_stats=statistics.since_start(), server_config=statistics.config)
+    return replace(summary, server=server.server, cost_cores=server.replicas * server.cpus, cost_memory_mb=server.replicas * server.memory_mb,
                    request_bytes=payload.bytes_per_request, file_size_unit=payload.unit,
                    rows_per_request=payload.rows_per_request, request_source=payload.source,
                    deploy_s=deployed - began, load_setup_s=load.started - deployed,
                    load_s=load.finished - load.started, network_method=link.method,
                    deadline_ms=client.deadline_s * 1e3, replicas_killed=killed,
                    server_command=backend.server_command, server_knobs=server.knobs.set(),
-                   batching_parameters=server.knobs.batching_file() or "")
+                   batching_parameters=(server.knobs.batching_file() or "") if isinstance(server.knobs, ServerKnobs) else "")
+
+
+class TritonStatistics:
+    """Triton's own counters of the trial's replicas (optdse/triton/server.py), read when the
+    load is about to start and again when it has ended: where a request's time went."""
+
+    def __init__(self, server: ServerConfig, endpoints: list[Endpoint], server_command: str) -> None:
+        from optdse.triton.repository import config_in
+        from optdse.triton.server import statistics
+
+        self._read = lambda: statistics([e.rest_port for e in endpoints if e.rest_port], server.model.name)
+        self._before = self._read()
+        self.config = config_in(server_command, server.model.name)
+
+    def since_start(self) -> dict[str, float]:
+        return self._read().since(self._before)
 
 
 def _kill_one(backend: Backend) -> None:

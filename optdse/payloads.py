@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from optdse.config import PROTOCOLS, ProtocolName
+from optdse import oip
+from optdse.config import PROTOCOLS, ApiName, ProtocolName
 from optdse.models import Model
 from optdse.protos import protos
 from optdse.request_file import RequestFile, read_request_file
@@ -58,8 +59,9 @@ class Payload:
     file_size: int
     unit: str            # what file_size counts
     protocol: ProtocolName = "grpc"
-    path: str = ""       # REST: /v1/models/NAME:predict (gRPC's method is always Predict)
+    path: str = ""       # REST: /v1/models/NAME:predict or /v2/models/NAME/infer (gRPC's method is the API's)
     source: str = ""     # where the inputs came from
+    api: ApiName = "tfserving"
 
     @property
     def body(self) -> bytes:
@@ -79,20 +81,17 @@ class Payload:
         return round(sum(self.batches) / len(self.batches))
 
 
-def _mnist(file_size: int, model: str) -> tuple[PredictRequest, int]:
+#: What a built-in model's request is: (signature name, inputs by alias, rows the answer carries).
+BuiltRequest = tuple[str, dict[str, np.ndarray], int]
+
+
+def _mnist(file_size: int) -> BuiltRequest:
     images = np.random.default_rng(file_size).random((file_size, 784), dtype=np.float32)
-    return _predict_request(model, "predict_images", {"images": images}), file_size
+    return "predict_images", {"images": images}, file_size
 
 
-def _inception(file_size: int, model: str) -> tuple[PredictRequest, int]:
-    request = protos().predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    request.model_spec.signature_name = inception.SIGNATURE
-    tensor = request.inputs[inception.INPUT]
-    tensor.dtype = protos().types_pb2.DT_STRING
-    tensor.tensor_shape.dim.add().size = 1
-    tensor.string_val.append(synthetic_jpeg(file_size))
-    return request, 1
+def _inception(file_size: int) -> BuiltRequest:
+    return inception.SIGNATURE, {inception.INPUT: np.array([synthetic_jpeg(file_size)], dtype=object)}, 1
 
 
 def synthetic_jpeg(edge: int, quality: int = 90) -> bytes:
@@ -110,22 +109,22 @@ def synthetic_jpeg(edge: int, quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
-def _nmt(file_size: int, model: str) -> tuple[PredictRequest, int]:
+def _nmt(file_size: int) -> BuiltRequest:
     first_word = nmt.EOS + 1  # ids below are <unk>, <s>, </s>
     tokens = np.random.default_rng(file_size).integers(first_word, nmt.SOURCE_VOCAB, (1, file_size), dtype=np.int32)
-    return _predict_request(model, nmt.SIGNATURE, {nmt.INPUT: tokens}), 1
+    return nmt.SIGNATURE, {nmt.INPUT: tokens}, 1
 
 
-def _deepspeech(file_size: int, model: str) -> tuple[PredictRequest, int]:
+def _deepspeech(file_size: int) -> BuiltRequest:
     rate = deepspeech.SAMPLE_RATE
     t = np.arange(file_size * rate, dtype=np.float32) / rate
     voiced = sum(0.2 * np.sin(2 * np.pi * f * t) for f in (220.0, 440.0, 1250.0))  # a vowel-like tone
     noise = np.random.default_rng(file_size).normal(0, 0.02, t.shape)
     audio = (voiced + noise).astype(np.float32)[np.newaxis, :]
-    return _predict_request(model, deepspeech.SIGNATURE, {deepspeech.INPUT: audio}), 1
+    return deepspeech.SIGNATURE, {deepspeech.INPUT: audio}, 1
 
 
-BUILDERS: dict[str, Callable[[int, str], tuple[PredictRequest, int]]] = {
+BUILDERS: dict[str, Callable[[int], BuiltRequest]] = {
     "mnist": _mnist, "inception": _inception, "nmt": _nmt, "deepspeech": _deepspeech,
 }
 
@@ -264,7 +263,7 @@ def _generated_request(signature: Signature, file_size: int, size_axis: int) -> 
     return inputs, rows
 
 
-def _user_payload(model: Model, file_size: int, protocol: ProtocolName) -> Payload:
+def _user_payload(model: Model, file_size: int, protocol: ProtocolName, api: ApiName) -> Payload:
     assert model.base_path is not None
     signature = read_signature(model.base_path, model.signature)
     requests = read_request_file(model.request_file, signature, model.size_axis) if model.request_file else None
@@ -276,34 +275,52 @@ def _user_payload(model: Model, file_size: int, protocol: ProtocolName) -> Paylo
         source = f"{requests.path.name} ({requests.rows} rows in {len(requests.lines)} lines)"
     bodies: list[bytes] = []
     for inputs, _ in made:
-        if protocol == "grpc":
-            bodies.append(_predict_request(model.name, signature.name, inputs).SerializeToString())
-        elif requests is None:
-            bodies.append(rest_body(_predict_request(model.name, signature.name, inputs)))
-        else:
-            bodies.append(_rest_as_written(signature.name, inputs, requests))
+        bodies.append(_body(model.name, signature.name, inputs, protocol, api, requests))
         if sum(map(len, bodies)) > MAX_BODY_BYTES:
             break
     return Payload(bodies=tuple(bodies), batches=tuple(rows for _, rows in made[:len(bodies)]), file_size=file_size,
-                   unit=model.unit, protocol=protocol, path=f"/v1/models/{model.name}:predict" if protocol == "rest" else "",
-                   source=source)
+                   unit=model.unit, protocol=protocol, path=_path(model.name, protocol, api), source=source, api=api)
 
 
-def build_payload(model: Model | str, file_size: int, protocol: ProtocolName = "grpc") -> Payload:
+def _body(model: str, signature: str, inputs: dict[str, np.ndarray], protocol: ProtocolName, api: ApiName,
+          form: RequestFile | None = None) -> bytes:
+    """One request of `inputs` in `api` over `protocol`; TF Serving's REST body in the form the
+    request file used, where there is one."""
+    if api == "v2":
+        return oip.grpc_request(model, inputs) if protocol == "grpc" else oip.rest_body(inputs)
+    if protocol == "grpc":
+        return _predict_request(model, signature, inputs).SerializeToString()
+    if form is not None:
+        return _rest_as_written(signature, inputs, form)
+    return rest_body(_predict_request(model, signature, inputs))
+
+
+def _path(model: str, protocol: ProtocolName, api: ApiName) -> str:
+    """The REST path requests are posted to ("" over gRPC, whose method the API fixes)."""
+    if protocol != "rest":
+        return ""
+    return oip.infer_path(model) if api == "v2" else f"/v1/models/{model}:predict"
+
+
+def build_payload(model: Model | str, file_size: int, protocol: ProtocolName = "grpc", api: ApiName = "tfserving") -> Payload:
     """The requests of `model` (a built-in may be given by name) at `file_size`, serialized
-    for `protocol`."""
+    for `protocol` in the server's `api` (TF Serving's, or the Open Inference Protocol's)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
     model = Model(model) if isinstance(model, str) else model
     if not model.builtin:
-        return _user_payload(model, file_size, protocol)
+        return _user_payload(model, file_size, protocol, api)
     if model.name not in BUILDERS:
         raise ValueError(f"no payload builder for model {model.name!r}; known: {', '.join(BUILDERS)}")
-    request, batch = BUILDERS[model.name](file_size, model.name)
-    body = request.SerializeToString() if protocol == "grpc" else rest_body(request)
-    path = f"/v1/models/{model.name}:predict" if protocol == "rest" else ""
-    return Payload(bodies=(body,), batches=(batch,), file_size=file_size, unit=model.unit, protocol=protocol,
-                   path=path, source="built-in (pseudo-random inputs of the unit's size)")
+    signature, inputs, batch = BUILDERS[model.name](file_size)
+    return Payload(bodies=(_body(model.name, signature, inputs, protocol, api),), batches=(batch,), file_size=file_size,
+                   unit=model.unit, protocol=protocol, path=_path(model.name, protocol, api),
+                   source="built-in (pseudo-random inputs of the unit's size)", api=api)
 
 
-__all__ = ["BUILDERS", "MAX_BODIES", "Payload", "build_payload", "rest_body", "synthetic_jpeg"]
+def builtin_signature(model: str) -> str:
+    """The signature a built-in model's requests name (what its exporter wrote)."""
+    return BUILDERS[model](1)[0]
+
+
+__all__ = ["BUILDERS", "MAX_BODIES", "Payload", "build_payload", "builtin_signature", "rest_body", "synthetic_jpeg"]

@@ -56,11 +56,12 @@ class InputSpec:
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: read_signature caches one per model
 class Signature:
-    """A signature of a SavedModel version: its name and inputs by alias."""
+    """A signature of a SavedModel version: its name, inputs and outputs by alias."""
 
     name: str
     version: int
     inputs: dict[str, InputSpec]
+    outputs: dict[str, InputSpec]
 
     def describe(self) -> str:
         return ", ".join(f"{alias} ({spec.describe()})" for alias, spec in sorted(self.inputs.items()))
@@ -95,15 +96,15 @@ def read_signature(base_path: Path, name: str = DEFAULT_SIGNATURE) -> Signature:
     if name not in signatures:
         raise ModelError(f"{folder}: no signature {name!r}; it has {', '.join(sorted(signatures)) or 'none'}",
                          key="signature")
-    inputs = {}
-    for alias, info in signatures[name].inputs.items():
-        shape = None if info.tensor_shape.unknown_rank else tuple(d.size for d in info.tensor_shape.dim)
-        inputs[alias] = InputSpec(alias, info.dtype, shape)
+    inputs, outputs = ({alias: InputSpec(alias, info.dtype, None if info.tensor_shape.unknown_rank
+                                         else tuple(d.size for d in info.tensor_shape.dim))
+                        for alias, info in tensors.items()}
+                       for tensors in (signatures[name].inputs, signatures[name].outputs))
     unsupported = [spec for spec in inputs.values() if spec.dtype not in numpy_dtypes()]
     if unsupported:
         raise ModelError(f"{folder}: signature {name!r} input {unsupported[0].alias} has dtype "
                          f"{unsupported[0].dtype_name}, which a Predict request cannot carry")
-    return Signature(name, version, inputs)
+    return Signature(name, version, inputs, outputs)
 
 
 __all__ = ["InputSpec", "Signature", "latest_version", "numpy_dtypes",

@@ -10,17 +10,17 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import BaseTrial
 
 from optdse.config import ClientConfig, Config, NetworkConfig, ServerConfig
-from optdse.knobs import BATCHING_KNOBS, ServerKnobs
+from optdse.knobs import SWITCH_KNOBS, knobs_of, switches
 from optdse.spec import INTEGER_PARAMETERS, Choice, Fixed, Range, Study
 
 
 def distributions(study: Study) -> dict[str, BaseDistribution]:
-    """The varied parameters of the study's space as Optuna distributions (enable_batching
-    before the batching parameters, which `suggest` asks for only when it is on)."""
+    """The varied parameters of the study's space as Optuna distributions (a switch such as
+    enable_batching before the parameters `suggest` asks for only when it is on)."""
     result: dict[str, BaseDistribution] = {}
     for name, dist in study.space.dimensions.items():
         if isinstance(dist, Choice):
-            kind = bool if name == "enable_batching" else int if name in INTEGER_PARAMETERS else float
+            kind = bool if name in SWITCH_KNOBS else int if name in INTEGER_PARAMETERS else float
             result[name] = CategoricalDistribution([kind(choice) for choice in dist.choices])
             continue
         if not isinstance(dist, Range):
@@ -36,12 +36,11 @@ def fixed_values(study: Study) -> dict[str, float]:
     return {name: dist.value for name, dist in study.space.dimensions.items() if isinstance(dist, Fixed)}
 
 
-def active(values: dict[str, float]) -> dict[str, float]:
-    """`values` without the batching parameters when batching is off: they would mean nothing
-    to the server (and nothing is passed for them)."""
-    if values.get("enable_batching"):
-        return values
-    return {name: value for name, value in values.items() if name not in BATCHING_KNOBS}
+def active(values: dict[str, float], server: str = "optdse-serve") -> dict[str, float]:
+    """`values` without the knobs whose switch is off (batching parameters with batching off):
+    they would mean nothing to `server` (and nothing is passed for them)."""
+    off = {name for name, switch in switches(server).items() if not values.get(switch)}
+    return {name: value for name, value in values.items() if name not in off}
 
 
 def suggest(trial: BaseTrial, study: Study) -> Config:
@@ -52,11 +51,12 @@ def suggest(trial: BaseTrial, study: Study) -> Config:
 
 def suggest_scenarios(trial: BaseTrial, study: Study) -> list[tuple[str, Config]]:
     """Ask the sampler for one configuration of the study's space, under each of the study's
-    workload scenarios. The batching parameters are suggested only when enable_batching is on
+    workload scenarios. Switched knobs (batching parameters) are suggested only when their switch is on
     (Optuna's conditional search space), so no sampler learns from values the server never saw."""
     values: dict[str, float] = dict(fixed_values(study))
+    depends_on = switches(study.spec.server)
     for name, d in distributions(study).items():
-        if name in BATCHING_KNOBS and not values.get("enable_batching"):
+        if name in depends_on and not values.get(depends_on[name]):
             continue
         if isinstance(d, CategoricalDistribution):
             values[name] = trial.suggest_categorical(name, d.choices)
@@ -65,7 +65,7 @@ def suggest_scenarios(trial: BaseTrial, study: Study) -> list[tuple[str, Config]
         else:
             assert isinstance(d, FloatDistribution)
             values[name] = trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
-    return scenarios(active(values), study)
+    return scenarios(active(values, study.spec.server), study)
 
 
 def scenarios(values: dict[str, float], study: Study) -> list[tuple[str, Config]]:
@@ -85,7 +85,8 @@ def to_config(values: dict[str, float], study: Study) -> Config:
 def _config(values: dict[str, float], study: Study) -> Config:
     spec = study.spec
     server = ServerConfig(model=study.model, replicas=int(values["replicas"]), cpus=float(values["cpus"]),
-                          memory_mb=int(values["memory_mb"]), knobs=ServerKnobs.of(active(values)))
+                          memory_mb=int(values["memory_mb"]), server=spec.server,
+                          knobs=knobs_of(spec.server, active(values, spec.server)))
     network = NetworkConfig(delay_ms=float(values.get("delay_ms", 0.0)), jitter_ms=float(values.get("jitter_ms", 0.0)),
                             loss_pct=float(values.get("loss_pct", 0.0)), method=spec.network_method)
     rate = values.get("rate_rps")

@@ -12,7 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-from optdse.knobs import BATCHING_KNOBS, KNOBS
+from optdse.knobs import KNOBS, SERVERS, SWITCH_KNOBS, TRITON_KNOBS, switches
 from optdse.models import BUILTINS, DEFAULT_SIGNATURE, Model
 from optdse.stability import StabilityRule
 
@@ -37,8 +37,9 @@ NETWORK_PARAMETERS = {
     "jitter_ms": "random variation of that delay, +- ms",
     "loss_pct": "packets lost in each direction, %",
 }
-#: The `server` block's parameters: the server's own knobs, under TF Serving's flag names (optdse/knobs.py).
-SERVER_PARAMETERS = {name: what for name, (what, _) in KNOBS.items()}
+#: The `server` block's parameters: the server's own knobs, under TF Serving's flag names or Triton's
+#: model configuration names (optdse/knobs.py); which apply depends on the study's `server`.
+SERVER_PARAMETERS = {name: what for name, (what, _) in (TRITON_KNOBS | KNOBS).items()}
 #: Figures a study may optimise, with the direction that makes sense for each.
 METRICS = {
     "art_ms": "minimize", "p50_ms": "minimize", "p90_ms": "minimize", "p95_ms": "minimize",
@@ -49,7 +50,7 @@ METRICS = {
     "cost_cores": "minimize", "cost_memory_mb": "minimize", "cpu_ms_per_request": "minimize",
     "energy_j_per_request": "minimize",
 }
-INTEGER_PARAMETERS = {"threads", "file_size", "replicas", "memory_mb", *(k for k in KNOBS if k != "enable_batching")}
+INTEGER_PARAMETERS = {"threads", "file_size", "replicas", "memory_mb", *(k for k in SERVER_PARAMETERS if k not in SWITCH_KNOBS)}
 #: Every parameter name a space or an enqueued point may use.
 ALL_PARAMETERS = [*PARAMETERS, *LOAD_PARAMETERS, *NETWORK_PARAMETERS, *SERVER_PARAMETERS]
 
@@ -126,14 +127,14 @@ class SearchSpace(_Strict):
 
     parameters: dict[Literal["threads", "file_size", "replicas", "cpus", "memory_mb", "rate_rps"], Distribution]
     network: dict[Literal["delay_ms", "jitter_ms", "loss_pct"], Distribution] = Field(default_factory=dict)
-    server: dict[Literal[tuple(KNOBS)], KnobDistribution] = Field(  # type: ignore[valid-type]
-        default_factory=dict, description="the server's own knobs (batching, thread pools); unset: its defaults")
+    server: dict[Literal[tuple(SERVER_PARAMETERS)], KnobDistribution] = Field(  # type: ignore[valid-type]
+        default_factory=dict, description="the server's own knobs (batching, thread pools, instances); unset: its defaults")
 
     @property
     def dimensions(self) -> dict[str, Range | Fixed | Choice]:
         """Every parameter the space defines, the network's and the server's included;
-        enable_batching before the batching parameters that depend on it."""
-        server = dict(sorted(self.server.items(), key=lambda item: item[0] != "enable_batching"))
+        switches (enable_batching, dynamic_batching) before the parameters that depend on them."""
+        server = dict(sorted(self.server.items(), key=lambda item: item[0] not in SWITCH_KNOBS))
         return {**self.parameters, **self.network, **server}
 
     @model_validator(mode="after")
@@ -155,22 +156,26 @@ class SearchSpace(_Strict):
             low, high = (dist.low, dist.high) if isinstance(dist, Range) else (dist.value, dist.value)
             if low < 0 or high > highest[name]:
                 raise ValueError(f"network.{name}: must lie in 0..{highest[name]:g} (got {low:g}..{high:g})")
-        self._knobs_possible()
         return self
 
-    def _knobs_possible(self) -> None:
+    def knobs_problem(self, server: str) -> str | None:
+        """What is wrong with the `server` block for `server` ("server.KNOB: ..."), or None."""
+        vocabulary = SERVERS[server]
         for name, dist in self.server.items():
-            values, minimum = _values(dist), KNOBS[name][1]
+            if name not in vocabulary:
+                return (f"server.{name}: not a knob of {server}; its knobs: {', '.join(vocabulary)} "
+                        "(the study file's `server` chooses the server)")
+            values, minimum = _values(dist), vocabulary[name][1]
             if any(v < minimum or not float(v).is_integer() for v in values):
-                raise ValueError(f"server.{name}: takes whole numbers >= {minimum} (got "
-                                 f"{', '.join(f'{v:g}' for v in values)})")
-        batching = self.server.get("enable_batching")
-        if batching is not None and (isinstance(batching, Range) or any(v not in (0, 1) for v in _values(batching))):
-            raise ValueError("server.enable_batching: is on or off: value 0 or 1, or choices [0, 1]")
-        needs = next((name for name in BATCHING_KNOBS if name in self.server), None)
-        if needs and (batching is None or not any(_values(batching))):
-            raise ValueError(f"server.{needs}: a batching parameter; it needs enable_batching in the block "
-                             "(value: 1, or choices: [0, 1])")
+                return f"server.{name}: takes whole numbers >= {minimum} (got {', '.join(f'{v:g}' for v in values)})"
+            if name in SWITCH_KNOBS and (isinstance(dist, Range) or any(v not in (0, 1) for v in values)):
+                return f"server.{name}: is on or off: value 0 or 1, or choices [0, 1]"
+        for name, switch in switches(server).items():
+            on = self.server.get(switch)
+            if name in self.server and (on is None or not any(_values(on))):
+                kind = "a dynamic batching" if switch == "dynamic_batching" else "a batching"
+                return f"server.{name}: {kind} parameter; it needs {switch} in the block (value: 1, or choices: [0, 1])"
+        return None
 
 
 class _Load(_Strict):
@@ -361,6 +366,9 @@ class StudySpec(_Strict):
     network_method: Literal["auto", "netem", "proxy"] = Field(
         "auto", description="how the network block's impairment is made: netem where the kernel has it, else proxy")
     backend: Literal["local", "docker", "swarm"] = "local"
+    server: Literal["optdse-serve", "tensorflow-serving", "triton"] = Field(
+        "optdse-serve", description="what the replicas run: optdse's server, TF Serving's image (docker/swarm with "
+                                    "image: tensorflow/serving), or NVIDIA Triton (local; `optdse triton install`)")
     arrival: Literal["constant", "poisson"] = Field(
         "constant", description="open loop (a space with rate_rps): evenly spaced or Poisson arrivals")
     in_flight: Annotated[int, Field(ge=1, le=4096)] = Field(
@@ -395,12 +403,30 @@ class StudySpec(_Strict):
         return self.constraints.error_rate if self.constraints.error_rate is not None else self.max_error_rate
 
     @model_validator(mode="after")
+    def _server_runs_on_backend(self) -> StudySpec:
+        problem = server_problem(self.server, self.backend, self.image, self.protocol)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
     def _enqueued_names_known(self) -> StudySpec:
         for point in self.enqueue:
             unknown = sorted(set(point) - set(ALL_PARAMETERS))
             if unknown:
                 raise ValueError(f"enqueue: unknown parameter {unknown[0]}; allowed: {', '.join(ALL_PARAMETERS)}")
         return self
+
+
+def server_problem(server: str, backend: str, image: str, protocol: str = "grpc") -> str | None:
+    """Why `server` cannot run on `backend` with `image` (None: it can), as `server: ...`."""
+    if server == "triton" and backend != "local":
+        return (f"server: triton runs on the local backend only (tritonserver processes in cgroups), not {backend}; "
+                "use backend: local")
+    if server == "tensorflow-serving" and (backend == "local" or image == "host-python"):
+        return ("server: tensorflow-serving runs from a TF Serving image on the docker or swarm backend "
+                "(backend: docker, image: tensorflow/serving)")
+    return None
 
 
 class Study(BaseModel):
@@ -428,6 +454,6 @@ class Study(BaseModel):
         return dimension.value if isinstance(dimension, Fixed) else 0.0
 
 
-__all__ = ["ALL_PARAMETERS", "INTEGER_PARAMETERS", "LOAD_PARAMETERS", "METRICS", "NETWORK_PARAMETERS", "PARAMETERS",
+__all__ = ["server_problem", "ALL_PARAMETERS", "INTEGER_PARAMETERS", "LOAD_PARAMETERS", "METRICS", "NETWORK_PARAMETERS", "PARAMETERS",
            "PROJECT_ROOT", "SERVER_PARAMETERS", "Chaos", "Choice", "Constraints", "Fixed", "ModelBlock", "Range", "Sampler",
            "Scenario", "SearchSpace", "SpecError", "Stability", "Study", "StudySpec", "Workload"]

@@ -35,7 +35,7 @@ from optdse.config import GRACE_HEARTBEATS, Config
 from optdse.dashboard import failure_note, save_hypervolume_plot, save_trial_note, trial_note
 from optdse.deploy.base import Backend, DeployError
 from optdse.deploy.runs import live_process, other_live_runs
-from optdse.knobs import BATCHING_KNOBS
+from optdse.knobs import switches
 from optdse.levels import grid_space
 from optdse.measurement import MAX_LATE_FRACTION, Measurement, combine_repeats, combine_scenarios
 from optdse.objective import MeasureError, measure
@@ -280,7 +280,7 @@ def _configure(trial: optuna.Trial, study: Study, backend: Backend) -> list[tupl
     write_owner(trial, who)  # before anything that takes time: a run killed from here on is found at once
     configs = suggest_scenarios(trial, study)
     workload = study.spec.workload.resolved() if study.spec.workload else [("", {})]
-    held = active(fixed_values(study) | trial.params) | (workload[0][1] if len(workload) == 1 else {})
+    held = active(fixed_values(study) | trial.params, study.spec.server) | (workload[0][1] if len(workload) == 1 else {})
     # held by the space or the workload, not suggested (batching parameters only with batching on)
     held = {name: value for name, value in held.items() if name not in trial.params}
     config = configs[0][1]
@@ -383,9 +383,10 @@ def start_points(study: Study) -> list[dict[str, float]]:
     points = [dict(base), *points[1:]]
     for name, values in levels.items():
         # A batching parameter varied with batching off would not reach the server: turn it on.
-        turn_on = {"enable_batching": True} if name in BATCHING_KNOBS and "enable_batching" in base else {}
+        switch = switches(study.spec.server).get(name)
+        turn_on = {switch: True} if switch in base else {}
         points += [{**base, name: value, **turn_on} for value in values if value != base[name]]
-    points = [active(point) for point in points]  # no batching parameters where batching is off
+    points = [active(point, study.spec.server) for point in points]  # no batching parameters where batching is off
     return list({tuple(sorted(point.items())): point for point in points}.values())  # each once
 
 

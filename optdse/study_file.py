@@ -32,6 +32,7 @@ from optdse.spec import (
     Study,
     StudySpec,
     Workload,
+    server_problem,
 )
 
 #: Union tags pydantic puts in an error's location; not keys of the file.
@@ -118,12 +119,21 @@ def find_search_space(study_path: Path, name: str) -> Path:
     raise SpecError(f"{study_path}: search_space: no file {name} in {', '.join(str(c.parent) for c in candidates)}")
 
 
-def load_study(name_or_path: str) -> Study:
-    """Read and validate a study file and the search space it names."""
+def load_study(name_or_path: str, server: str | None = None) -> Study:
+    """Read and validate a study file and the search space it names; `server` (--server)
+    replaces the file's."""
     path = find_study_file(name_or_path)
     spec: StudySpec = _validate(StudySpec, path)
+    if server is not None and server != spec.server:
+        spec = spec.model_copy(update={"server": server})
+        problem = server_problem(spec.server, spec.backend, spec.image)
+        if problem:
+            raise SpecError(f"--server {server}: {path}: {problem}")
     space_path = find_search_space(path, spec.search_space)
     space: SearchSpace = _validate(SearchSpace, space_path)
+    problem = space.knobs_problem(spec.server)
+    if problem:
+        raise SpecError(f"{space_path}: {problem}")
     _workload_and_space_complete(path, space_path, spec.workload, space)
     for i, point in enumerate(spec.enqueue):
         for name, value in point.items():

@@ -69,6 +69,9 @@ def _add_trial_options(parser: argparse.ArgumentParser) -> None:
                              "trial records the coefficient of variation of ART and ACU (default: the study file's, 1)")
     parser.add_argument("--backend", choices=["local", "docker", "swarm"],
                         help="where replicas run (default: the study file's)")
+    parser.add_argument("--server", choices=["optdse-serve", "tensorflow-serving", "triton"],
+                        help="what the replicas run (default: the study file's); the search space's server knobs "
+                             "must be that server's")
     _add_swarm_engine_option(parser)
     parser.add_argument("--swarm-init", action="store_true",
                         help="swarm: initialise a single-node swarm on 127.0.0.1 if this engine is in none")
@@ -196,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_swarm_engine_option(clean, "swarm: also the Docker engine of node NODE, whose containers of stopped runs "
                                     "are removed and waited for there (repeat the option per node)")
     clean.set_defaults(run=tools.clean)
+
+    triton = commands.add_parser("triton", help="NVIDIA Triton Inference Server, the second server").add_subparsers(
+        dest="action", required=True)
+    triton_install = triton.add_parser("install", help="download tritonserver (the nvidia-pytriton wheel, PyPI) into "
+                                                       "this environment, once")
+    triton_install.set_defaults(run=tools.triton_install)
 
     from serving.models import EXPORTERS
 

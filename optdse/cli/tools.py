@@ -51,4 +51,21 @@ def model_export(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["clean", "model_export"]
+def triton_install(args: argparse.Namespace) -> int:
+    """`optdse triton install`: tritonserver and its backend stub's environment into .venv/triton."""
+    import subprocess
+
+    from optdse.triton.install import TritonMissing, install
+
+    try:
+        found = install(log=console.print)
+    except TritonMissing as error:
+        return fail("triton install", str(error), code=1)
+    except subprocess.CalledProcessError as error:
+        return fail("triton install", f"{' '.join(map(str, error.cmd[:4]))} ... failed with exit code {error.returncode} "
+                                      "(is PyPI reachable?)", code=1)
+    console.print(f"Triton {found.version}: {found.server}")
+    return 0
+
+
+__all__ = ["clean", "model_export", "triton_install"]

@@ -67,7 +67,7 @@ def _run_trials(command: str, args: argparse.Namespace, prepare: Callable[[Any, 
 
     quiet_optuna()
     try:
-        study = load_study(args.name).with_load(args.requests, args.duration, args.repeats)
+        study = load_study(args.name, args.server).with_load(args.requests, args.duration, args.repeats)
     except SpecError as error:
         return fail(command, str(error))
     url = args.storage or default_storage()
@@ -94,14 +94,26 @@ def _run_trials(command: str, args: argparse.Namespace, prepare: Callable[[Any, 
 def _measure_trials(command: str, args: argparse.Namespace, study: Any, url: str, optuna_study: Any,
                     target: int) -> int:
     from optdse.deploy.base import DeployError, beyond_host
+    from optdse.spec import server_problem
     from optdse.progress import StudyProgress
     from optdse.study import repeatability, run_study
 
     for warning in beyond_host(study.largest("cpus"), study.largest("memory_mb"), f"{study.path}: cpus up to",
                                f"{study.path}: memory_mb up to"):
         warn(warning)
+    backend_name, image = args.backend or study.spec.backend, args.image or study.spec.image
+    problem = server_problem(study.spec.server, backend_name, image)
+    if problem:
+        return fail(command, f"--backend {backend_name}: {problem}")
+    if study.spec.server == "triton":
+        from optdse.triton.install import TritonMissing, find
+
+        try:
+            find()
+        except TritonMissing as error:
+            return fail(command, str(error), code=1)
     try:
-        backend = backend_for(args.backend or study.spec.backend, study.model, args, args.image or study.spec.image)
+        backend = backend_for(backend_name, study.model, args, image)
     except DeployError as error:
         return fail(command, error.message, code=1)
     try:

@@ -147,7 +147,12 @@ def make_ready(replicas: Sequence[ReplicaHandle], server: ServerConfig, timeout:
     never becomes AVAILABLE fails as a timeout with the end of its log."""
     for replica in replicas:
         try:
-            wait_available(replica.endpoint.target, server.model.name, timeout, replica.alive)
+            if server.server == "triton":  # the Open Inference Protocol's ready endpoint
+                from optdse.triton.server import wait_ready
+
+                wait_ready(replica.endpoint.rest_port, server.model.name, timeout, replica.alive)
+            else:
+                wait_available(replica.endpoint.target, server.model.name, timeout, replica.alive)
         except ChildProcessError:
             raise replica.failure() from None
         except TimeoutError as error:

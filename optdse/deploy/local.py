@@ -1,4 +1,4 @@
-"""The embedded default backend: replicas are optdse-serve processes on 127.0.0.1.
+"""The embedded default backend: replicas are optdse-serve (or tritonserver) processes on 127.0.0.1.
 
 Each replica runs in its own cgroup with a CPU quota and a memory limit. The memory limit
 holds from the replica's first instruction (a replica that cannot even load the model is
@@ -16,6 +16,8 @@ their memory, which `park_idle=False` gives back at the cost of restarts.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -27,6 +29,7 @@ import psutil
 
 from optdse import signals
 from optdse.config import ServerConfig
+from optdse.knobs import ServerKnobs
 from optdse.deploy.base import HOST, DeployError, LoopbackReplica, ReplicaBackend, free_port, write_batching_file
 from optdse.deploy.cgroups import Cgroup, CgroupDriver
 from optdse.deploy.runs import Run, remove_run_groups
@@ -38,8 +41,28 @@ def serve_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "serving.server"]
 
 
+def server_command(server: ServerConfig, model_base_path: Path, run: Run, port: int,
+                   rest_port: int) -> tuple[list[str], dict[str, str] | None]:
+    """The command line (and environment, None: this one) of one replica of `server`: an
+    optdse-serve process, or a tritonserver with optdse's model repository for the knobs."""
+    if server.server == "triton":
+        from optdse.triton import install, repository
+        from optdse.triton.server import command
+
+        try:
+            triton = install.find()
+        except install.TritonMissing as error:
+            raise DeployError("triton", str(error)) from None
+        return command(triton, repository.write_repository(run, server, model_base_path), port, rest_port), \
+            triton.environment()
+    assert isinstance(server.knobs, ServerKnobs)
+    return [*serve_command(), f"--port={port}", f"--rest_api_port={rest_port}", f"--host={HOST}",
+            f"--model_name={server.model.name}", f"--model_base_path={model_base_path}",
+            *server.knobs.flags(str(write_batching_file(run, server.knobs) or ""))], None
+
+
 class Replica(LoopbackReplica):
-    """One optdse-serve process, its port, its cgroup (or None) and its log."""
+    """One server process (optdse-serve or tritonserver), its ports, its cgroup (or None) and its log."""
 
     def __init__(self, name: str, server: ServerConfig, model_base_path: Path, cgroup: Cgroup | None,
                  run: Run) -> None:
@@ -52,10 +75,8 @@ class Replica(LoopbackReplica):
         self.memory_mb = server.memory_mb
         self.cpus: float | None = None
         self.log_path = run.directory / f"{name}.log"
-        #: optdse-serve's own command line (what a trial records), before the cgroup wrapper.
-        self.command = [*serve_command(), f"--port={self.port}", f"--rest_api_port={self.rest_port}", f"--host={HOST}",
-                        f"--model_name={self.model}", f"--model_base_path={model_base_path}",
-                        *server.knobs.flags(str(write_batching_file(run, server.knobs) or ""))]
+        #: The server's own command line (what a trial records), before the cgroup wrapper.
+        self.command, environment = server_command(server, model_base_path, run, self.port, self.rest_port)
         memory_mb, command = server.memory_mb, self.command
         if cgroup is not None:
             cgroup.create()
@@ -67,7 +88,7 @@ class Replica(LoopbackReplica):
             # A session of its own: Ctrl-C in the terminal reaches optdse, which stops the
             # replicas in order, rather than every replica at once mid-trial.
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)
+                                            start_new_session=True, env=environment)
             run.record_replica(name, self.process.pid, self.port, cgroup.relative if cgroup else None)
         self._psutil = psutil.Process(self.process.pid)
         self._psutil_peak = 0
@@ -155,7 +176,9 @@ class Replica(LoopbackReplica):
         try:
             self.process.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            # The whole process group: a server's own children (Triton's backend stubs) too.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
         if self.cgroup is not None:
             self.cgroup.remove()

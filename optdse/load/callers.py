@@ -8,6 +8,10 @@ timing loop in optdse/load/worker.py is the same for both.
   per request but the one-row check).
 - REST (`RestClient`): TF Serving's JSON predict, every thread with its own kept-alive
   HTTP/1.1 connection to each target (optdse/load/http1.py says why not http.client).
+
+Both speak the plan's API: TF Serving's Predict, or the Open Inference Protocol (ModelInfer,
+/v2/models/NAME/infer; optdse/oip.py) that Triton speaks. Only the method, the path and the
+answer's one-row check differ.
 """
 
 from __future__ import annotations
@@ -65,13 +69,19 @@ class GrpcClient:
     def __init__(self, plan: LoadPlan) -> None:
         import grpc
 
-        from optdse.protos import PREDICT_METHOD, protos
-
-        self._grpc, self._response = grpc, protos().predict_pb2.PredictResponse
+        self._grpc, self._v2 = grpc, plan.api == "v2"
+        if self._v2:
+            from optdse.oip import INFER_METHOD as method
+            from optdse.oip import service_pb2
+            service_pb2()  # imported now, not in the first answer's check
+        else:
+            from optdse.protos import PREDICT_METHOD as method
+            from optdse.protos import protos
+            self._response = protos().predict_pb2.PredictResponse
         self._bodies, self._deadline = plan.bodies, plan.deadline_s
         self._channels = [grpc.insecure_channel(t, options=[("grpc.max_receive_message_length", 256 << 20)])
                           for t in plan.targets]
-        self._calls = [ch.unary_unary(PREDICT_METHOD) for ch in self._channels]  # bytes in, bytes out
+        self._calls = [ch.unary_unary(method) for ch in self._channels]  # bytes in, bytes out
         # Connect before the clock starts, to all targets at once. The replicas answered their
         # readiness check just before; a target not connected within CONNECT_S is gone (its
         # requests record UNAVAILABLE) or behind a lossy link (its first requests connect).
@@ -94,6 +104,10 @@ class GrpcClient:
             raise CallFailed(error.code().name if error.code() else "UNKNOWN") from None
 
     def rows(self, answer: bytes) -> set[int]:
+        if self._v2:
+            from optdse.oip import grpc_rows
+
+            return grpc_rows(answer)
         outputs = self._response.FromString(answer).outputs
         return {o.tensor_shape.dim[0].size for o in outputs.values() if o.tensor_shape.dim}
 
@@ -125,6 +139,7 @@ class RestCaller:
 
     def __init__(self, plan: LoadPlan) -> None:
         self._connections = []
+        self._v2 = plan.api == "v2"
         for target in plan.targets:
             host, _, port = target.rpartition(":")
             connection = KeptAliveConnection(host, int(port), plan.path, plan.bodies, "application/json",
@@ -149,6 +164,10 @@ class RestCaller:
         return answer
 
     def rows(self, answer: bytes) -> set[int]:
+        if self._v2:
+            from optdse.oip import rest_rows
+
+            return rest_rows(answer)
         try:
             answer_json = json.loads(answer)
         except ValueError:

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from optdse.config import PROTOCOLS, ArrivalName, ProtocolName
+from optdse.config import PROTOCOLS, ApiName, ArrivalName, ProtocolName
 from optdse.load.arrivals import schedule
 from optdse.stability import StabilityJudge
 
@@ -33,7 +33,8 @@ class LoadPlan:
     processes: int = 0  # 0: one per core, at most one per thread
     duration_s: float | None = None  # stop sending after this long, even if requests remain
     protocol: ProtocolName = "grpc"  # "grpc": targets are gRPC host:port; "rest": REST host:port
-    path: str = ""          # REST: the predict path, /v1/models/NAME:predict
+    path: str = ""          # REST: the predict path, /v1/models/NAME:predict (v2: /v2/models/NAME/infer)
+    api: ApiName = "tfserving"  # TF Serving's Predict API, or the Open Inference Protocol (optdse/oip.py)
     retries: int = 0        # times a refused request is sent again to another replica
     netns: str | None = None  # a network namespace (/run/netns/NAME) the workers enter first
     rate_rps: float | None = None  # open loop: requests offered per second; None: closed loop (`threads`)
