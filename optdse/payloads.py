@@ -3,7 +3,8 @@
 Requests are serialized once per trial and sent as bytes, so the load generator spends its
 CPU on the RPC and not on building protobufs (or JSON). Over REST the same tensors go as TF
 Serving's predict body, with numbers in their shortest exact float32/int form and bytes as
-`{"b64": ...}`. What "file size" counts differs per model (optdse/models.py, `Model.unit`):
+`{"b64": ...}`. A server that speaks the Open Inference Protocol (Triton) gets the same
+tensors as its ModelInfer request or JSON body (optdse/oip.py). What "file size" counts differs per model (optdse/models.py, `Model.unit`):
 
 - mnist: images per request (a batch of 28x28 images, the seed's softmax regression);
 - inception: the edge of one square JPEG in pixels (decoded and resized inside the graph,

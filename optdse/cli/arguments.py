@@ -79,17 +79,24 @@ def _add_trial_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_knob_options(parser: argparse.ArgumentParser) -> None:
-    """The server's own knobs (optdse/knobs.py), under TF Serving's flag names with dashes;
-    unset ones keep the server's default."""
-    from optdse.knobs import KNOBS
+    """The server's own knobs (optdse/knobs.py), under TF Serving's flag names or Triton's
+    model configuration names, with dashes; unset ones keep the server's default."""
+    from optdse.knobs import KNOBS, SWITCH_KNOBS, TRITON_KNOBS
 
-    group = parser.add_argument_group("server knobs", "passed to every replica as its own flags or batching file")
-    for name, (what, minimum) in KNOBS.items():
-        flag = "--" + name.replace("_", "-")
-        if name == "enable_batching":
-            group.add_argument(flag, action="store_true", default=None, help=what.replace(" (0 or 1)", ""))
-        else:
-            group.add_argument(flag, type=_positive_int if minimum else _non_negative_int, metavar="N", help=what)
+    parser.add_argument("--server", choices=["optdse-serve", "triton"], default="optdse-serve",
+                        help="what the replicas run: optdse-serve (default) or NVIDIA Triton (local backend; "
+                             "`optdse triton install` first)")
+    groups = (("server knobs", "passed to every optdse-serve replica as its own flags or batching file", KNOBS),
+              ("triton knobs", "written to the model configuration of every Triton replica (--max-batch-size too)",
+               {k: v for k, v in TRITON_KNOBS.items() if k not in KNOBS}))
+    for title, description, knobs in groups:
+        group = parser.add_argument_group(title, description)
+        for name, (what, minimum) in knobs.items():
+            flag = "--" + name.replace("_", "-")
+            if name in SWITCH_KNOBS:
+                group.add_argument(flag, action="store_true", default=None, help=what.replace(" (0 or 1)", ""))
+            else:
+                group.add_argument(flag, type=_positive_int if minimum else _non_negative_int, metavar="N", help=what)
 
 
 def build_parser() -> argparse.ArgumentParser:

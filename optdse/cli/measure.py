@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import replace
 
 from optdse import signals
@@ -17,7 +18,8 @@ DEFAULT_RULE = StabilityRule()
 def measure(args: argparse.Namespace) -> int:
     from optdse.config import ClientConfig, Config, NetworkConfig, ServerConfig
     from optdse.deploy.base import DeployError, beyond_host
-    from optdse.knobs import KNOBS, KnobError, ServerKnobs
+    from optdse.knobs import SERVERS, KnobError, knobs_of
+    from optdse.spec import SERVER_PARAMETERS, server_problem
     from optdse.models import ModelError, resolve
     from optdse.objective import MeasureError, measure
 
@@ -34,11 +36,20 @@ def measure(args: argparse.Namespace) -> int:
         least = DEFAULT_RULE.warmup_s + DEFAULT_RULE.windows * args.window
         return fail("measure", f"--max-duration: must leave room for the warm-up and {DEFAULT_RULE.windows} windows "
                                 f"of --window (at least {least:g} s)")
+    given = {name: getattr(args, name) for name in SERVER_PARAMETERS if getattr(args, name) is not None}
+    foreign = sorted(set(given) - set(SERVERS[args.server]))
+    if foreign:
+        return fail("measure", f"--{foreign[0].replace('_', '-')}: not a knob of {args.server} (--server)")
+    problem = server_problem(args.server, args.backend, args.image)
+    if problem:
+        return fail("measure", f"--server {args.server}: {problem}")
     try:
-        knobs = ServerKnobs.of({name: getattr(args, name) for name in KNOBS})
+        knobs = knobs_of(args.server, given)
     except KnobError as error:
-        return fail("measure", f"--{error.knob.replace('_', '-')}: {error.message.replace('enable_batching', '--enable-batching')}")
-    config = Config(ServerConfig(model, args.replicas, args.cpus, args.memory, knobs),
+        message = re.sub(r"\b(enable_batching|dynamic_batching|max_batch_size)\b", lambda m: "--" + m[1].replace("_", "-"),
+                         error.message)
+        return fail("measure", f"--{error.knob.replace('_', '-')}: {message}")
+    config = Config(ServerConfig(model, args.replicas, args.cpus, args.memory, knobs, args.server),
                     ClientConfig(args.threads, args.file_size, args.requests, args.warmup_fraction, args.duration,
                                  args.protocol, network=network, deadline_s=args.deadline_ms / 1e3,
                                  retries=args.retries, chaos_kill_after_s=args.kill_replica_after,
@@ -46,6 +57,13 @@ def measure(args: argparse.Namespace) -> int:
                                  stability=stability))
     for warning in beyond_host(args.cpus, args.memory):
         warn(warning)
+    if args.server == "triton":
+        from optdse.triton.install import TritonMissing, find
+
+        try:
+            find()
+        except TritonMissing as error:
+            return fail("measure", str(error), code=1)
     try:
         backend = backend_for(args.backend, model, args, args.image)
     except DeployError as error:
