@@ -181,7 +181,15 @@ class Replica(LoopbackReplica):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
         if self.cgroup is not None:
+            # What the server started may outlive it (Triton's backend stubs, when it was stopped
+            # while they loaded): everything in the group is this replica's, so it goes too.
+            for pid in self.cgroup.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             self.cgroup.remove()
+        else:  # its process group, which it leads (start_new_session) and its children joined
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
         self.run.forget_replica(self.name)
 
     def stop(self, grace: float = 10.0) -> None:

@@ -152,6 +152,20 @@ def test_too_little_memory_for_the_instances_fails_with_oom_and_leaves_nothing(l
     assert not local.replicas and not list(local.run.directory.glob("replica-*.json"))
 
 
+def test_a_replica_stopped_while_its_instances_load_leaves_none_of_them(local: LocalBackend) -> None:
+    """SIGTERM while the backend stubs load TensorFlow: tritonserver exits at once and its stubs
+    would live on (measured: 30 s, until their own timeout); stopping the replica ends them too."""
+    replica = local._new_replica("replica-0", triton(instance_count=2))
+    tritonserver, stubs, deadline = psutil.Process(replica.process.pid), [], time.monotonic() + 60
+    while not stubs:
+        assert time.monotonic() < deadline
+        stubs = [p for p in tritonserver.children(recursive=True) if _name(p) == STUB]
+        time.sleep(0.02)
+    replica.stop()
+    assert not [p.pid for p in stubs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not replica.cgroup.pids() and not replica.cgroup.memory_dir.exists()
+
+
 TRITON_SPACE = """\
 parameters:
   replicas:  {value: 1}
@@ -187,8 +201,9 @@ def test_a_triton_study_runs_and_ctrl_c_leaves_nothing_running(project: Path, cg
     assert all(t.user_attrs["server"] == "triton" and t.user_attrs["server_stats"]["requests"] > 0 for t in trials)
     assert "tritonserver --model-repository=" in trials[0].user_attrs["server_command"]
 
+    output = (project / "interrupted.log").open("w")
     process = subprocess.Popen([*optdse_command(), "study", "tri", "--trials", "20", "--share-host"], cwd=project,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                               stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     started: dict[int, psutil.Process] = {}  # the replicas' tritonservers and, once they run, their stubs
     deadline = time.monotonic() + 120
     while STUB not in {_name(p) for p in started.values()}:
@@ -201,7 +216,7 @@ def test_a_triton_study_runs_and_ctrl_c_leaves_nothing_running(project: Path, cg
                 pass
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGINT)
-    assert process.wait(60) == 130
+    assert process.wait(60) == 130, (project / "interrupted.log").read_text()[-3000:]
     assert not [pid for pid, p in started.items() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not list((project / "state").glob("*"))
     assert not [d for tree in cgroup_driver.trees() for d in (tree / "optdse").glob(f"{process.pid}-*")]
