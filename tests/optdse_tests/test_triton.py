@@ -190,11 +190,9 @@ def _study(project: Path, name: str) -> optuna.Study:
 
 
 def test_a_triton_study_runs_and_ctrl_c_leaves_nothing_running(project: Path, cgroup_driver: CgroupDriver) -> None:
-    # --share-host: the other studies' tests hold this host's measuring lock now and then;
-    # these figures are not compared with anything.
     write_study(project, "tri", space=TRITON_SPACE, server="triton", workload="{threads: 4, file_size: 1}", trials=2,
                 requests=300, enqueue="[{cpus: 1.0, instance_count: 1, dynamic_batching: 0}]")
-    done = optdse(project, "study", "tri", "--share-host")
+    done = optdse(project, "study", "tri")
     assert done.returncode == 0, done.stdout + done.stderr
     trials = _study(project, "tri").trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
@@ -202,7 +200,7 @@ def test_a_triton_study_runs_and_ctrl_c_leaves_nothing_running(project: Path, cg
     assert "tritonserver --model-repository=" in trials[0].user_attrs["server_command"]
 
     output = (project / "interrupted.log").open("w")
-    process = subprocess.Popen([*optdse_command(), "study", "tri", "--trials", "20", "--share-host"], cwd=project,
+    process = subprocess.Popen([*optdse_command(), "study", "tri", "--trials", "20"], cwd=project,
                                stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     started: dict[int, psutil.Process] = {}  # the replicas' tritonservers and, once they run, their stubs
     deadline = time.monotonic() + 120
