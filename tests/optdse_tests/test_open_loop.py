@@ -91,10 +91,14 @@ def test_a_frozen_replica_shows_in_the_open_loop_tail_and_hides_in_the_closed_lo
     (endpoint,) = local.apply(ServerConfig(builtin("mnist"), replicas=1, cpus=2.0, memory_mb=1000))
     pid = local.replicas[0].process.pid
     open_plan = _plan(endpoint.target)  # 100 req/s for 3 s
-    steady = run_load(open_plan)
+    before = run_load(open_plan)
     frozen, stop, cont = _with_freeze(open_plan, pid, at_s=1.0, for_s=0.5)
     closed, _, _ = _with_freeze(_plan(endpoint.target, rate_rps=None, requests=10**6, duration_s=3.0), pid, 1.0, 0.5)
-    assert steady.ok.all() and frozen.ok.all() and closed.ok.all()
+    after = run_load(open_plan)
+    # The steady run is the less disturbed of one before and one after (the other workers' tests
+    # share the cores: a replica loading TensorFlow beside it once put its p99 at 111 ms).
+    steady = min(before, after, key=lambda result: float(np.percentile(result.latency, 99)))
+    assert before.ok.all() and after.ok.all() and frozen.ok.all() and closed.ok.all()
 
     # Every request due during the freeze waited for its end: its latency counts from when it was due.
     due_in_freeze = (frozen.send >= stop) & (frozen.send < cont - 0.01)
