@@ -46,6 +46,18 @@ class KnobError(ValueError):
         self.knob, self.message = knob, message
 
 
+def _check(knobs: object, vocabulary: dict[str, tuple[str, int]], switched: tuple[str, ...], switch: str,
+           kind: str) -> None:
+    """KnobError for a knob below its smallest value, or a switched knob given with its switch off."""
+    for name, (_, minimum) in vocabulary.items():
+        value = getattr(knobs, name)
+        if value is not None and int(value) < minimum:
+            raise KnobError(name, f"must be >= {minimum} (got {value})")
+    given = [name for name in switched if getattr(knobs, name) is not None]
+    if given and not getattr(knobs, switch):
+        raise KnobError(given[0], f"{kind}, it needs {switch}")
+
+
 @dataclass(frozen=True)
 class ServerKnobs:
     """One setting of the server's knobs; None: the server's own default."""
@@ -60,13 +72,7 @@ class ServerKnobs:
     grpc_max_threads: int | None = None
 
     def __post_init__(self) -> None:
-        for name, (_, minimum) in KNOBS.items():
-            value = getattr(self, name)
-            if value is not None and int(value) < minimum:
-                raise KnobError(name, f"must be >= {minimum} (got {value})")
-        given = [name for name in BATCHING_KNOBS if getattr(self, name) is not None]
-        if given and not self.enable_batching:
-            raise KnobError(given[0], "a batching parameter, it needs enable_batching")
+        _check(self, KNOBS, BATCHING_KNOBS, "enable_batching", "a batching parameter")
 
     @classmethod
     def of(cls, values: dict[str, float]) -> ServerKnobs:
@@ -160,13 +166,7 @@ class TritonKnobs:
     preferred_batch_size: int | None = None
 
     def __post_init__(self) -> None:
-        for name, (_, minimum) in TRITON_KNOBS.items():
-            value = getattr(self, name)
-            if value is not None and int(value) < minimum:
-                raise KnobError(name, f"must be >= {minimum} (got {value})")
-        given = [name for name in switches("triton") if getattr(self, name) is not None]
-        if given and not self.dynamic_batching:
-            raise KnobError(given[0], "a dynamic batching parameter, it needs dynamic_batching")
+        _check(self, TRITON_KNOBS, tuple(switches("triton")), "dynamic_batching", "a dynamic batching parameter")
         if self.dynamic_batching and not self.max_batch_size:
             raise KnobError("dynamic_batching", "needs max_batch_size >= 1 (the rows a merged call may hold)")
         if self.preferred_batch_size is not None and self.preferred_batch_size > (self.max_batch_size or 0):

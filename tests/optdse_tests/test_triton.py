@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -47,15 +46,6 @@ def triton_installed() -> None:
         if os.environ.get("CI"):
             pytest.fail(str(error))
         pytest.skip(str(error))
-
-
-@pytest.fixture
-def local(mnist_base_path: Path, cgroup_driver: CgroupDriver, monkeypatch: pytest.MonkeyPatch,
-          tmp_path: Path) -> Iterator[LocalBackend]:
-    monkeypatch.setenv("OPTDSE_STATE_DIR", str(tmp_path / "state"))
-    backend = LocalBackend(mnist_base_path, warn=pytest.fail)
-    yield backend
-    backend.close()
 
 
 def triton(replicas: int = 1, cpus: float = 0.5, memory_mb: int = 1024, **knobs: int | bool) -> ServerConfig:
