@@ -15,10 +15,21 @@ if TYPE_CHECKING:
     from optdse.models import Model
 
 
-def backend_for(name: str, model: Model, args: argparse.Namespace, image: str = "host-python") -> Backend:
+def backend_for(name: str, model: Model, args: argparse.Namespace, image: str = "host-python",
+                server: str = "optdse-serve") -> Backend:
     """The named backend, ready to deploy `model` (exported on first use) from `image`
-    (docker and swarm only), with the command line's swarm options."""
+    (docker and swarm only), with the command line's swarm options; a DeployError before
+    anything starts if `server` is Triton and it is not installed."""
+    from optdse.deploy.base import DeployError
     from optdse.models import ensure_model
+
+    if server == "triton":
+        from optdse.triton.install import TritonMissing, find
+
+        try:
+            find()
+        except TritonMissing as error:
+            raise DeployError("triton", str(error)) from None
 
     base_path = ensure_model(model, console)
     with signals.atomic():  # a backend records its run on disk as it starts: all of that, or none

@@ -57,15 +57,8 @@ def measure(args: argparse.Namespace) -> int:
                                  stability=stability))
     for warning in beyond_host(args.cpus, args.memory):
         warn(warning)
-    if args.server == "triton":
-        from optdse.triton.install import TritonMissing, find
-
-        try:
-            find()
-        except TritonMissing as error:
-            return fail("measure", str(error), code=1)
     try:
-        backend = backend_for(args.backend, model, args, args.image)
+        backend = backend_for(args.backend, model, args, args.image, args.server)
     except DeployError as error:
         return fail("measure", error.message, code=1)
     try:

@@ -105,15 +105,8 @@ def _measure_trials(command: str, args: argparse.Namespace, study: Any, url: str
     problem = server_problem(study.spec.server, backend_name, image)
     if problem:
         return fail(command, f"--backend {backend_name}: {problem}")
-    if study.spec.server == "triton":
-        from optdse.triton.install import TritonMissing, find
-
-        try:
-            find()
-        except TritonMissing as error:
-            return fail(command, str(error), code=1)
     try:
-        backend = backend_for(backend_name, study.model, args, image)
+        backend = backend_for(backend_name, study.model, args, image, study.spec.server)
     except DeployError as error:
         return fail(command, error.message, code=1)
     try:

@@ -69,15 +69,19 @@ class GrpcClient:
     def __init__(self, plan: LoadPlan) -> None:
         import grpc
 
-        self._grpc, self._v2 = grpc, plan.api == "v2"
-        if self._v2:
+        self._grpc = grpc
+        # The API's method and its answers' row check, chosen once (the check runs per answer).
+        self.rows: Callable[[bytes], set[int]]
+        if plan.api == "v2":
             from optdse.oip import INFER_METHOD as method
-            from optdse.oip import service_pb2
+            from optdse.oip import grpc_rows, service_pb2
             service_pb2()  # imported now, not in the first answer's check
+            self.rows = grpc_rows
         else:
             from optdse.protos import PREDICT_METHOD as method
             from optdse.protos import protos
             self._response = protos().predict_pb2.PredictResponse
+            self.rows = self._predict_rows
         self._bodies, self._deadline = plan.bodies, plan.deadline_s
         self._channels = [grpc.insecure_channel(t, options=[("grpc.max_receive_message_length", 256 << 20)])
                           for t in plan.targets]
@@ -103,11 +107,7 @@ class GrpcClient:
         except self._grpc.RpcError as error:
             raise CallFailed(error.code().name if error.code() else "UNKNOWN") from None
 
-    def rows(self, answer: bytes) -> set[int]:
-        if self._v2:
-            from optdse.oip import grpc_rows
-
-            return grpc_rows(answer)
+    def _predict_rows(self, answer: bytes) -> set[int]:
         outputs = self._response.FromString(answer).outputs
         return {o.tensor_shape.dim[0].size for o in outputs.values() if o.tensor_shape.dim}
 
@@ -139,7 +139,12 @@ class RestCaller:
 
     def __init__(self, plan: LoadPlan) -> None:
         self._connections = []
-        self._v2 = plan.api == "v2"
+        if plan.api == "v2":  # the row check, chosen once (it runs per answer)
+            from optdse.oip import rest_rows
+
+            self.rows: Callable[[bytes], set[int]] = rest_rows
+        else:
+            self.rows = self._predict_rows
         for target in plan.targets:
             host, _, port = target.rpartition(":")
             connection = KeptAliveConnection(host, int(port), plan.path, plan.bodies, "application/json",
@@ -163,11 +168,7 @@ class RestCaller:
             raise CallFailed(f"HTTP_{status}")
         return answer
 
-    def rows(self, answer: bytes) -> set[int]:
-        if self._v2:
-            from optdse.oip import rest_rows
-
-            return rest_rows(answer)
+    def _predict_rows(self, answer: bytes) -> set[int]:
         try:
             answer_json = json.loads(answer)
         except ValueError:
